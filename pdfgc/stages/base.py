@@ -1,0 +1,181 @@
+"""What every progressive stage shares: network construction, freezing, init-from, export.
+
+Each stage is a LightningModule that composes the *shared* networks of
+:mod:`pdfgc.networks` (never a copy per stage). Two operations are kept apart, as in NeMo:
+
+* **resume** (``train.py ckpt_path=last``): Lightning restores the full state of this module
+  (all networks, the EMA generator, memory banks), the optimisers and the loop;
+* **init from a previous stage** (``train.py init_from=<export dir>``): only network weights are
+  read from the previous stage's export (:meth:`StageModule.init_from_export`).
+
+Export (:meth:`StageModule.export`) writes the official four-file layout plus sidecars and is
+separate from training checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from pdfgc.errors import PdfgcError
+from pdfgc.io import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# Export file of each network slot. The first four are the official release's names; the
+# stage-1 generator G0 (style 2048 + 512) and the discriminator are ours, kept so that a
+# later stage can start from them.
+EXPORT_FILES = {
+    "appearance": "appearance_model.pth",
+    "motion": "motion_model.pth",
+    "audio": "audio_model.pth",
+    "generator": "generator_model.pth",
+    "generator0": "generator0_model.pth",
+    "discriminator": "discriminator_model.pth",
+}
+NETWORKS_SIDECAR = "networks.yaml"
+STAGE_SIDECAR = "stage.yaml"
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Stop gradients into ``module`` and keep its batch-norm statistics fixed (eval mode).
+
+    Set before the DDP wrap so DDP never waits for gradients of frozen parameters.
+    """
+    module.requires_grad_(False)
+    module.eval()
+    return module
+
+
+def load_weights_file(module: nn.Module, path: Path) -> None:
+    """Load one exported ``*.pth`` state_dict into ``module`` (strict), with clear errors."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # corrupt / not a torch file
+        raise PdfgcError(f"cannot read weights file {path}: {exc.__class__.__name__}") from exc
+    if not isinstance(state, Mapping):
+        raise PdfgcError(f"{path} is not a state_dict (got {type(state).__name__})")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise PdfgcError(f"{path} lacks key {missing[0]!r} ({len(missing)} keys missing)")
+    for key, value in own.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise PdfgcError(
+                f"{path}: key {key!r} has shape {tuple(state[key].shape)}, "
+                f"the network expects {tuple(value.shape)} (wrong networks config?)"
+            )
+    module.load_state_dict({k: state[k] for k in own})
+
+
+class StageModule(pl.LightningModule):
+    """Base of the stage LightningModules.
+
+    :param networks: the networks config (``configs/networks/*.yaml``), each entry with a
+        ``_target_``; a stage builds only the networks it needs via :meth:`build`.
+    :param optimizer: Adam settings shared by every network of the stage
+        (``lr``, ``betas``, ``weight_decay``).
+    """
+
+    #: network slots the stage trains or uses; subclasses set it
+    slots: tuple[str, ...] = ()
+    stage_name: str = "stage"
+
+    def __init__(self, networks: DictConfig | Mapping, optimizer: Mapping) -> None:
+        super().__init__()
+        self.networks_cfg = OmegaConf.create(OmegaConf.to_container(networks, resolve=True)
+                                             if isinstance(networks, DictConfig) else dict(networks))
+        self.optimizer_cfg = dict(optimizer)
+
+    # ---- construction -------------------------------------------------------------------
+    def build(self, slot: str, **overrides: Any) -> nn.Module:
+        """Instantiate the network of ``slot`` from the networks config."""
+        key = "generator" if slot == "generator0" else slot
+        if key not in self.networks_cfg:
+            raise PdfgcError(f"networks config has no {key!r} entry")
+        return instantiate(self.networks_cfg[key], **overrides)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.networks_cfg.get("image_size", 224))
+
+    def adam(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        cfg = self.optimizer_cfg
+        return torch.optim.Adam(
+            [p for p in params if p.requires_grad],
+            lr=float(cfg.get("lr", 1e-4)),
+            betas=tuple(cfg.get("betas", (0.0, 0.99))),
+            weight_decay=float(cfg.get("weight_decay", 0.0)),
+        )
+
+    def network_slots(self) -> dict[str, nn.Module]:
+        """The networks this stage holds, by export slot (EMA weights for the generators)."""
+        out: dict[str, nn.Module] = {}
+        for slot in self.slots:
+            ema = getattr(self, f"{slot}_ema", None)
+            out[slot] = ema.module if ema is not None else getattr(self, slot)
+        return out
+
+    # ---- init from a previous stage --------------------------------------------------------
+    def init_from_export(self, directory: str | Path) -> list[str]:
+        """Load weights for every slot whose file exists in ``directory``; returns loaded slots.
+
+        A stage may also adapt a file meant for another shape (the stage-3 generator starts
+        from G0): subclasses override :meth:`init_slot_from_file`.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise PdfgcError(f"init_from directory not found: {directory}")
+        loaded = []
+        for slot in self.slots:
+            if self.init_slot_from_file(slot, directory):
+                loaded.append(slot)
+        if not loaded:
+            raise PdfgcError(f"init_from {directory}: none of {sorted(EXPORT_FILES.values())} found")
+        log.info("initialised %s from %s", ", ".join(loaded), directory)
+        return loaded
+
+    def init_slot_from_file(self, slot: str, directory: Path) -> bool:
+        path = directory / EXPORT_FILES[slot]
+        if not path.exists():
+            return False
+        load_weights_file(getattr(self, slot), path)
+        ema = getattr(self, f"{slot}_ema", None)
+        if ema is not None:
+            ema.module.load_state_dict(getattr(self, slot).state_dict())
+        self.init_source = str(directory)
+        return True
+
+    # ---- export --------------------------------------------------------------------------
+    def export(self, directory: str | Path, carry_from: str | Path | None = None) -> Path:
+        """Write this stage's weights in the official layout, plus sidecars.
+
+        Files of networks this stage does not hold are copied from ``carry_from`` (the export
+        it was initialised from), so every export is complete for the stages after it.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for slot, net in self.network_slots().items():
+            state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+            with atomic_path(directory / EXPORT_FILES[slot]) as tmp:
+                torch.save(state, tmp)
+        if carry_from is not None and Path(carry_from).is_dir():
+            for name in EXPORT_FILES.values():
+                src, dst = Path(carry_from) / name, directory / name
+                if src.exists() and not dst.exists():
+                    with atomic_path(dst) as tmp:
+                        shutil.copyfile(src, tmp)
+        atomic_write_text(directory / NETWORKS_SIDECAR, OmegaConf.to_yaml(self.networks_cfg))
+        stage_info = {"stage": self.stage_name, "global_step": int(self.global_step),
+                      "slots": list(self.network_slots())}
+        atomic_write_text(directory / STAGE_SIDECAR, OmegaConf.to_yaml(OmegaConf.create(stage_info)))
+        return directory

@@ -1,0 +1,200 @@
+"""Stage 3: expression disentanglement + generator learning (paper Fig. 2, bottom).
+
+K consecutive frames go through the frozen E_mot backbone and the trained emotion head E_exp;
+their codes are averaged (fast lip motion averages out) into f_exp. The centre frame gives
+pose and eye through the frozen heads, the source frame gives appearance through the frozen
+E_app, and the lips come from the frozen audio encoder. G (style 2590) rebuilds the centre.
+
+Losses (weights in ``configs/model/stage3_emotion.yaml``):
+
+* L_decor: decorrelation between f_exp and the audio features of the same window, estimated
+  over memory banks (see :func:`pdfgc.losses.decorrelation_loss`), so expression cannot
+  carry speech;
+* hinge GAN + feature matching + VGG19 perceptual on the reconstruction;
+* L_con (ours; the paper names it only): lip consistency. The visual lip code of the generated
+  frame, read by the frozen E_mot lip head, must match the audio lip code that drove it
+  (cosine distance), so the generator keeps the lips audio-driven;
+* a mouth-region L1 (the authors' early generator fine-tune has one).
+
+G is initialised from the stage-1 G0 where shapes agree; G0's modulation weights for the
+identity part (first 2048 style inputs) carry over, the motion part starts fresh.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from pdfgc.losses import MemoryBank, VGGPerceptualLoss, decorrelation_loss, mouth_region_l1
+from pdfgc.networks.codes import compose_style
+from pdfgc.stages.base import EXPORT_FILES, StageModule, freeze, load_weights_file
+from pdfgc.stages.ema import make_ema
+from pdfgc.stages.gan import GanStepMixin
+
+
+def transfer_matching(target: torch.nn.Module, source_state: Mapping[str, torch.Tensor]) -> int:
+    """Copy every tensor of ``source_state`` whose key and shape match ``target``.
+
+    For a style-input matrix (``*.modulation.weight``, (C, style_dim)) that differs only in its
+    input width, the shared leading columns (the identity slot) are copied. Returns the number
+    of tensors (fully or partly) copied.
+    """
+    own = target.state_dict()
+    copied = 0
+    for key, value in own.items():
+        src = source_state.get(key)
+        if src is None:
+            continue
+        if src.shape == value.shape:
+            own[key] = src.clone()
+        elif key.endswith("modulation.weight") and src.shape[0] == value.shape[0]:
+            width = min(src.shape[1], value.shape[1])
+            own[key][:, :width] = src[:, :width]
+        else:
+            continue
+        copied += 1
+    target.load_state_dict(own)
+    return copied
+
+
+class EmotionGeneratorStage(GanStepMixin, StageModule):
+    """Stage 3 LightningModule: trains the emotion head, G and D.
+
+    Batch (``mode=emotion``): ``frames`` (B, K, 3, S, S), ``mels`` (B, K, 1, 80, 20),
+    ``source`` (B, 3, S, S).
+    """
+
+    slots = ("appearance", "motion", "audio", "generator", "discriminator")
+    stage_name = "stage3_emotion"
+    trained_heads = ("to_emo", "emo_embed")
+
+    def __init__(
+        self,
+        networks: Mapping,
+        optimizer: Mapping,
+        loss_weights: Mapping[str, float],
+        vgg_weights: str | None = None,
+        ema_decay: float = 0.999,
+        bank_size: int = 1024,
+        grad_clip: float = 5.0,
+    ) -> None:
+        super().__init__(networks, optimizer)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.loss_weights = dict(loss_weights)
+        self.grad_clip = grad_clip
+        self.appearance = freeze(self.build("appearance"))
+        self.motion = self.build("motion")
+        self.audio = freeze(self.build("audio"))
+        self.generator = self.build("generator")
+        self.discriminator = self.build("discriminator")
+        self.generator_ema = make_ema(self.generator, ema_decay)
+        self.perceptual = VGGPerceptualLoss(weights_path=vgg_weights)
+        freeze(self.motion)
+        for name in self.trained_heads:
+            getattr(self.motion, name).requires_grad_(True)
+        audio_dim = int(self.audio.model.fc.out_features) if hasattr(self.audio, "model") else 512
+        self.exp_bank = MemoryBank(30, bank_size)
+        self.audio_bank = MemoryBank(audio_dim, bank_size)
+
+    def init_slot_from_file(self, slot: str, directory: Path) -> bool:
+        # The generator starts from stage 1's G0 when no stage-3 generator exists yet.
+        if slot == "generator" and not (directory / EXPORT_FILES["generator"]).exists():
+            g0 = directory / EXPORT_FILES["generator0"]
+            if not g0.exists():
+                return False
+            state = torch.load(g0, weights_only=True, map_location="cpu")
+            transfer_matching(self.generator, state)
+            self.generator_ema.module.load_state_dict(self.generator.state_dict())
+            return True
+        return super().init_slot_from_file(slot, directory)
+
+    def on_train_epoch_start(self) -> None:
+        for net in (self.appearance, self.motion, self.audio):
+            net.eval()
+        for name in self.trained_heads:
+            getattr(self.motion, name).train()
+
+    # ---- codes ----------------------------------------------------------------------------
+    def window_codes(self, frames: torch.Tensor, mels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Codes of a K-frame window: f_exp averaged over K, centre pose/eye, audio mouth.
+
+        :param frames: (B, K, 3, S, S); :param mels: (B, K, 1, 80, 20)
+        """
+        b, k = frames.shape[:2]
+        centre = k // 2
+        with torch.no_grad():
+            unified = self.motion.unified(frames.flatten(0, 1))
+            audio_feature, audio_mouth = self.audio(mels.flatten(0, 1))
+        _, _, emotion, _ = self.motion.heads(unified)
+        with torch.no_grad():
+            pose, eye, _, _ = self.motion.heads(unified.view(b, k, -1)[:, centre])
+        return {
+            "emotion": emotion.view(b, k, -1).mean(1),
+            "pose": pose,
+            "eye": eye,
+            "mouth": audio_mouth.view(b, k, -1)[:, centre],
+            "audio_window": audio_feature.view(b, k, -1).mean(1),
+        }
+
+    def render(self, source: torch.Tensor, codes: Mapping[str, torch.Tensor], generator=None) -> torch.Tensor:
+        """G(compose_style(...), id_map) -> (B, 3, S, S) in [-1, 1]."""
+        generator = generator or self.generator
+        with torch.no_grad():
+            id_vec, id_map = self.appearance(source)
+        style = compose_style(id_vec, codes["mouth"], codes["emotion"], codes["eye"], codes["pose"])
+        return generator(style, id_map)
+
+    def lip_consistency(self, fake: torch.Tensor, audio_mouth: torch.Tensor) -> torch.Tensor:
+        _, _, _, mouth_feature = self.motion(fake)
+        visual = self.motion.mouth_code(mouth_feature)
+        return (1 - F.cosine_similarity(visual, audio_mouth.detach(), dim=1)).mean()
+
+    # ---- steps ----------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        frames, mels, source = batch["frames"], batch["mels"], batch["source"]
+        target = frames[:, frames.shape[1] // 2]
+        codes = self.window_codes(frames, mels)
+        fake = self.render(source, codes)
+        d_loss = self.discriminator_step(target, fake)
+
+        def losses():
+            terms = self.generator_adversarial(target, fake)
+            terms["perceptual"] = self.perceptual(fake, target)
+            terms["l1"] = F.l1_loss(fake, target)
+            terms["mouth_l1"] = mouth_region_l1(fake, target)
+            terms["lip_consistency"] = self.lip_consistency(fake, codes["mouth"])
+            terms["decorrelation"] = decorrelation_loss(
+                codes["emotion"], codes["audio_window"], self.exp_bank, self.audio_bank)
+            return terms
+
+        terms = self.generator_step(losses)
+        self.exp_bank.push(self.all_gather_flat(codes["emotion"].detach()))
+        self.audio_bank.push(self.all_gather_flat(codes["audio_window"].detach()))
+        self.generator_ema.update_parameters(self.generator)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()})
+        self.log("train/d_loss", d_loss)
+        self.log("train/loss", terms["total"], prog_bar=True)
+
+    def all_gather_flat(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of every rank, (world*B, D), so all ranks keep identical memory banks."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return x
+        return self.all_gather(x).flatten(0, 1)
+
+    def validation_step(self, batch, batch_idx):
+        frames = batch["frames"]
+        target = frames[:, frames.shape[1] // 2]
+        codes = self.window_codes(frames, batch["mels"])
+        fake = self.render(batch["source"], codes, generator=self.generator_ema.module)
+        self.log("val/l1", F.l1_loss(fake, target), prog_bar=True, sync_dist=True)
+        self.log("val/mouth_l1", mouth_region_l1(fake, target), sync_dist=True)
+        self.log("val/lip_consistency", self.lip_consistency(fake, codes["mouth"]), sync_dist=True)
+
+    def configure_optimizers(self):
+        generator_side = list(self.generator.parameters()) + [
+            p for name in self.trained_heads for p in getattr(self.motion, name).parameters()]
+        return self.adam(generator_side), self.adam(self.discriminator.parameters())

@@ -1,0 +1,113 @@
+"""Stage 2: fine-grained motion disentanglement on the frozen unified motion feature.
+
+Three heads on f_mot (paper Fig. 2, middle), the E_mot backbone frozen:
+
+* lip: audio-visual InfoNCE both ways (L_a2v + L_v2a) between the visual lip code
+  E_lip(f_mot) and the audio code E_aud(mel); the negatives of a frame are the other,
+  time-shifted steps of the same clip, so identity and appearance cannot solve the task;
+* pose: L1 regression of the 6-d pose head to the per-frame pose labels of the data;
+* eye: the triplet contrastive loss whose anchor is the negative frame with the positive
+  frame's eye strip pasted in (anchor and positive share only the eyes), plus an optional
+  openness term that ties the release's blink dims (0, 1, 4, 5) to per-eye openness when
+  the data provides it (SynthTalk ground truth; eye aspect ratio of landmarks on real data),
+  so blink and gaze live in the dims the release's masks expect.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from pdfgc.losses import audio_visual_infonce, eye_triplet_loss
+from pdfgc.networks.codes import BLINK_DIMS
+from pdfgc.stages.base import StageModule, freeze
+
+
+class FineMotionStage(StageModule):
+    """Stage 2 LightningModule: trains E_aud and the lip, pose and eye heads of E_mot.
+
+    Batch (``mode=fine_motion``): ``frames`` (B, N, 3, S, S), ``mels`` (B, N, 1, 80, 20),
+    ``pose`` (B, N, 6), ``eye_anchor``/``eye_positive``/``eye_negative`` (B, 3, S, S) and
+    optionally ``eye_open`` (B, 2) for the positive frame.
+    """
+
+    slots = ("motion", "audio")
+    stage_name = "stage2_fine_motion"
+    trained_heads = ("to_mouth", "mouth_embed", "to_headpose", "headpose_embed", "to_eye", "eye_embed")
+
+    def __init__(
+        self,
+        networks: Mapping,
+        optimizer: Mapping,
+        loss_weights: Mapping[str, float],
+        lip_temperature: float = 0.1,
+        lip_similarity: str = "cosine",
+        eye_temperature: float = 0.1,
+    ) -> None:
+        super().__init__(networks, optimizer)
+        self.save_hyperparameters()
+        self.loss_weights = dict(loss_weights)
+        self.motion = self.build("motion")
+        self.audio = self.build("audio")
+        self.lip_temperature = lip_temperature
+        self.lip_similarity = lip_similarity
+        self.eye_temperature = eye_temperature
+        self.freeze_backbone()
+
+    def freeze_backbone(self) -> None:
+        """Freeze everything of E_mot except the three heads this stage trains."""
+        freeze(self.motion)
+        for name in self.trained_heads:
+            getattr(self.motion, name).requires_grad_(True)
+
+    def on_train_epoch_start(self) -> None:
+        self.motion.eval()  # frozen backbone BN; the heads' BN1d are re-enabled below
+        for name in self.trained_heads:
+            getattr(self.motion, name).train()
+
+    def codes(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-image codes from the frozen unified feature: lip (B,500), pose (B,6), eye (B,6)."""
+        with torch.no_grad():
+            unified = self.motion.unified(images)
+        pose, eye, emotion, mouth_feature = self.motion.heads(unified)
+        return {"lip": self.motion.mouth_code(mouth_feature), "pose": pose, "eye": eye}
+
+    def losses(self, batch) -> dict[str, torch.Tensor]:
+        frames, mels = batch["frames"], batch["mels"]
+        b, n = frames.shape[:2]
+        codes = self.codes(frames.flatten(0, 1))
+        _, audio_lip = self.audio(mels.flatten(0, 1))
+        lip = audio_visual_infonce(codes["lip"].view(b, n, -1), audio_lip.view(b, n, -1),
+                                   temperature=self.lip_temperature, similarity=self.lip_similarity)
+        terms = {
+            "lip": lip["loss"],
+            "lip_accuracy": lip.get("accuracy", torch.zeros(())).detach(),
+            "pose": F.l1_loss(codes["pose"], batch["pose"].flatten(0, 1).to(codes["pose"].dtype)),
+        }
+        eyes = self.codes(torch.cat([batch["eye_anchor"], batch["eye_positive"], batch["eye_negative"]]))["eye"]
+        anchor, positive, negative = eyes.chunk(3)
+        terms["eye"] = eye_triplet_loss(anchor, positive, negative, temperature=self.eye_temperature)
+        if "eye_open" in batch and self.loss_weights.get("eye_openness", 0.0):
+            blink = positive[:, list(BLINK_DIMS)]
+            # Two dims per eye carry blink in the release: tie their mean to that eye's openness.
+            per_eye = torch.stack([blink[:, :2].mean(1), blink[:, 2:].mean(1)], dim=1)
+            terms["eye_openness"] = F.l1_loss(per_eye, batch["eye_open"].to(per_eye.dtype))
+        total = sum(self.loss_weights.get(k, 0.0) * v for k, v in terms.items() if not k.endswith("accuracy"))
+        terms["total"] = total
+        return terms
+
+    def training_step(self, batch, batch_idx):
+        terms = self.losses(batch)
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()})
+        self.log("train/loss", terms["total"].detach(), prog_bar=True)
+        return terms["total"]
+
+    def validation_step(self, batch, batch_idx):
+        terms = self.losses(batch)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True)
+        self.log("val/loss", terms["total"], prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        return self.adam(list(self.motion.parameters()) + list(self.audio.parameters()))

@@ -1,0 +1,111 @@
+"""Stage 1: appearance / unified-motion disentanglement by self-driven reconstruction.
+
+E_app(source) and E_mot(augmented driver) of the same clip feed G0
+(style = [id 2048 | unified motion 512]) which rebuilds the clean driver (paper Fig. 2, top).
+
+Losses (weights in ``configs/model/stage1_unified_motion.yaml``):
+hinge GAN (multi-scale D), D feature matching, VGG19 perceptual, and L_mot.
+
+L_mot is not defined by any public source; ours is a motion-consistency term: the unified
+motion feature re-extracted from the generated frame must equal the one that drove it,
+``|E_mot(G0(.)) - sg(f_mot)|_1``, so G0 cannot ignore or distort the motion it is given.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from pdfgc.losses import VGGPerceptualLoss
+from pdfgc.networks.codes import ID_DIM
+from pdfgc.stages.augment import DriverAugment
+from pdfgc.stages.base import StageModule, freeze
+from pdfgc.stages.ema import make_ema
+from pdfgc.stages.gan import GanStepMixin
+
+UNIFIED_DIM = 512
+
+
+class UnifiedMotionStage(GanStepMixin, StageModule):
+    """Stage 1 LightningModule: trains E_app, the E_mot backbone, G0 and D.
+
+    Batch (``mode=reconstruction``): ``source``, ``driver`` (B, 3, S, S) in [-1, 1],
+    ``speaker`` (B,).
+    """
+
+    slots = ("appearance", "motion", "generator0", "discriminator")
+    stage_name = "stage1_unified_motion"
+
+    def __init__(
+        self,
+        networks: Mapping,
+        optimizer: Mapping,
+        loss_weights: Mapping[str, float],
+        augment: Mapping | None = None,
+        vgg_weights: str | None = None,
+        ema_decay: float = 0.999,
+        freeze_appearance_bn: bool = True,
+        grad_clip: float = 5.0,
+    ) -> None:
+        super().__init__(networks, optimizer)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.loss_weights = dict(loss_weights)
+        self.grad_clip = grad_clip
+        self.appearance = self.build("appearance")
+        self.motion = self.build("motion")
+        self.generator0 = self.build("generator0", style_dim=ID_DIM + UNIFIED_DIM)
+        self.discriminator = self.build("discriminator")
+        self.generator0_ema = make_ema(self.generator0, ema_decay)
+        self.augment = DriverAugment(**(augment or {}))
+        self.perceptual = VGGPerceptualLoss(weights_path=vgg_weights)
+        self.freeze_appearance_bn = freeze_appearance_bn
+
+    def on_train_epoch_start(self) -> None:
+        # The release fixes E_app's batch norm (`fix_bn`): its statistics come from the
+        # identity pre-training and must not drift with small GAN batches.
+        if self.freeze_appearance_bn:
+            for m in self.appearance.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def reconstruct(self, source: torch.Tensor, driver: torch.Tensor, generator=None):
+        """G0([E_app(source) | E_mot(driver)]) -> ((B,3,S,S), f_mot (B,512))."""
+        generator = generator or self.generator0
+        id_vec, id_map = self.appearance(source)
+        f_mot = self.motion.unified(driver)
+        return generator(torch.cat([id_vec, f_mot], dim=1), id_map), f_mot
+
+    def training_step(self, batch, batch_idx):
+        source, driver = batch["source"], batch["driver"]
+        with torch.no_grad():
+            driver_aug = self.augment(driver)
+
+        # One generator forward serves both updates: D sees it detached, then G's losses use it.
+        fake, f_mot = self.reconstruct(source, driver_aug)
+        d_loss = self.discriminator_step(driver, fake)
+
+        def losses():
+            terms = self.generator_adversarial(driver, fake)
+            terms["perceptual"] = self.perceptual(fake, driver)
+            terms["l1"] = F.l1_loss(fake, driver)
+            terms["motion"] = F.l1_loss(self.motion.unified(fake), f_mot.detach())
+            return terms
+
+        terms = self.generator_step(losses)
+        self.generator0_ema.update_parameters(self.generator0)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False)
+        self.log("train/d_loss", d_loss)
+        self.log("train/loss", terms["total"], prog_bar=True)
+
+    def validation_step(self, batch, batch_idx):
+        fake, _ = self.reconstruct(batch["source"], batch["driver"], generator=self.generator0_ema.module)
+        self.log("val/l1", F.l1_loss(fake, batch["driver"]), prog_bar=True, sync_dist=True)
+        self.log("val/perceptual", self.perceptual(fake, batch["driver"]), sync_dist=True)
+
+    def configure_optimizers(self):
+        generator_side = list(self.appearance.parameters()) + list(self.motion.parameters()) + list(
+            self.generator0.parameters())
+        return self.adam(generator_side), self.adam(self.discriminator.parameters())

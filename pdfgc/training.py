@@ -1,0 +1,115 @@
+"""The training task behind ``train.py``: build everything from the config, fit, export.
+
+Also runs a chain of stages (``stages: [...]``, set by ``experiment=<data>/all``): each stage
+is composed as its own experiment, trained in a sub-folder of the run, and initialised from
+the previous stage's export.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from pdfgc.errors import PdfgcError
+from pdfgc.utils import instantiate_callbacks, instantiate_loggers, print_config_tree
+
+log = logging.getLogger("pdfgc.train")
+
+EXPORT_DIR = "export"
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` -> ``<output_dir>/checkpoints/last.ckpt``; a path must exist."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        candidate = output_dir / "checkpoints" / "last.ckpt"
+        if not candidate.exists():
+            raise PdfgcError(
+                f"ckpt_path=last: no {candidate}; to resume, point hydra.run.dir at the interrupted run's folder")
+        return str(candidate)
+    if not Path(ckpt_path).exists():
+        raise PdfgcError(f"checkpoint not found: {ckpt_path}")
+    return str(ckpt_path)
+
+
+def train_stage(cfg: DictConfig) -> dict[str, Any]:
+    """Train one stage as configured; returns the final logged metrics and the export path."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("extras") and cfg.extras.get("print_config"):
+        print_config_tree(cfg, save_to=output_dir / "config_tree.log")
+    if cfg.get("extras") and cfg.extras.get("ignore_warnings"):
+        import warnings
+
+        warnings.filterwarnings("ignore")
+    OmegaConf.save(cfg, output_dir / "config.yaml")
+    if cfg.get("seed") is not None:
+        pl.seed_everything(int(cfg.seed), workers=True)
+
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    model: pl.LightningModule = hydra.utils.instantiate(cfg.model, networks=cfg.networks, _recursive_=False)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    if cfg.get("init_from") and ckpt_path is None:
+        # Weights only; a resumed run already has them (and more) in its checkpoint.
+        model.init_from_export(cfg.init_from)
+
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    if cfg.get("test"):
+        trainer.test(model, datamodule=datamodule)
+    result: dict[str, Any] = {"metrics": metrics, "output_dir": str(output_dir)}
+    if cfg.get("export", True) and trainer.is_global_zero and not trainer.fast_dev_run:
+        export_dir = model.export(output_dir / EXPORT_DIR, carry_from=cfg.get("init_from"))
+        log.info("exported %s weights to %s", model.stage_name, export_dir)
+        print(f"export: {export_dir}")
+        result["export_dir"] = str(export_dir)
+    return result
+
+
+def stage_overrides(parent_overrides: list[str]) -> list[str]:
+    """The user's command-line overrides that apply to every stage of a chain."""
+    return [o for o in parent_overrides if not o.split("=")[0].lstrip("+~") in ("experiment", "stages", "init_from")]
+
+
+def train_chain(cfg: DictConfig, parent_overrides: list[str]) -> dict[str, Any]:
+    """Run ``cfg.stages`` in order, each initialised from the previous stage's export."""
+    root = Path(cfg.paths.output_dir)
+    init_from = cfg.get("init_from")
+    results = {}
+    for name in cfg.stages:
+        stage_dir = root / name.replace("/", "_")
+        overrides = [f"experiment={name}", *stage_overrides(parent_overrides),
+                     f"paths.output_dir={stage_dir}", f"init_from={init_from or 'null'}"]
+        stage_cfg = hydra.compose(config_name="train", overrides=overrides)
+        log.info("stage %s -> %s", name, stage_dir)
+        result = train_stage(stage_cfg)
+        results[name] = result
+        init_from = result.get("export_dir", init_from)
+    if init_from:
+        print(f"final export: {init_from}")
+    return {"stages": results, "export_dir": init_from}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Entry of ``train.py``: one stage, or the chain in ``cfg.stages``."""
+    if cfg.get("stages"):
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        return train_chain(cfg, overrides)
+    return train_stage(cfg)
