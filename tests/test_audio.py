@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,6 +82,18 @@ def test_stft_matches_direct_dft():
         frame = np.where((idx >= 0) & (idx < n), x[np.clip(idx, 0, n - 1)], 0.0)
         expect = np.abs(dft @ (frame * awin))
         np.testing.assert_allclose(mag[m], expect, rtol=1e-9, atol=1e-9 * expect.max())
+
+
+def test_stft_matches_real_lws():
+    """|STFT| rows 0, 5, 14, 31 from the real lws 1.2.8 (``lws.lws(1280, 160, mode="speech")
+    .stft``, built from its sdist) of the signal below; lws itself is not a dependency.
+    """
+    ref = np.load(Path(__file__).parent / "fixtures" / "lws_1.2.8_stft.npz")
+    t = np.arange(int(ref["n"])) / SR
+    x = 0.3 * np.sin(2 * np.pi * (200 * t + 3000 * t**2)) + 0.05 * np.sign(np.sin(2 * np.pi * 97 * t))
+    mag = A.stft_magnitude(x)
+    assert mag.shape[0] == int(ref["num_frames"])
+    np.testing.assert_allclose(mag[ref["rows"]], ref["mag"], rtol=0, atol=1e-12 * ref["mag"].max())
 
 
 # --- known answers ---------------------------------------------------------------------------
