@@ -194,6 +194,24 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         self.log("val/mouth_l1", mouth_region_l1(fake, target), sync_dist=True)
         self.log("val/lip_consistency", self.lip_consistency(fake, codes["mouth"]), sync_dist=True)
 
+    def sample_rows(self, batch) -> dict[str, torch.Tensor]:
+        """Rows: source, target, reconstruction, then each factor driven by the next sample.
+
+        Row ``<factor> from next`` keeps every code of sample b except <factor>, taken from
+        sample b+1 (cyclic): one row per control factor, as in the paper's figures.
+        """
+        frames = batch["frames"]
+        target = frames[:, frames.shape[1] // 2]
+        codes = self.window_codes(frames, batch["mels"])
+        generator = self.generator_ema.module
+        rows = {"source": batch["source"], "target": target,
+                "reconstruction": self.render(batch["source"], codes, generator)}
+        for factor in ("mouth", "pose", "eye", "emotion"):
+            swapped = dict(codes)
+            swapped[factor] = codes[factor].roll(1, dims=0)
+            rows[f"{factor} from next"] = self.render(batch["source"], swapped, generator)
+        return rows
+
     def configure_optimizers(self):
         generator_side = list(self.generator.parameters()) + [
             p for name in self.trained_heads for p in getattr(self.motion, name).parameters()]

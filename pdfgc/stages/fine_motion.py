@@ -109,5 +109,10 @@ class FineMotionStage(StageModule):
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True)
         self.log("val/loss", terms["total"], prog_bar=True, sync_dist=True)
 
+    def sample_rows(self, batch) -> dict[str, torch.Tensor]:
+        """Rows of the sample grid: the eye triplets (anchor = negative + positive's eyes)."""
+        return {"eye_positive": batch["eye_positive"], "eye_anchor": batch["eye_anchor"],
+                "eye_negative": batch["eye_negative"]}
+
     def configure_optimizers(self):
         return self.adam(list(self.motion.parameters()) + list(self.audio.parameters()))

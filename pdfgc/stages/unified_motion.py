@@ -105,6 +105,13 @@ class UnifiedMotionStage(GanStepMixin, StageModule):
         self.log("val/l1", F.l1_loss(fake, batch["driver"]), prog_bar=True, sync_dist=True)
         self.log("val/perceptual", self.perceptual(fake, batch["driver"]), sync_dist=True)
 
+    def sample_rows(self, batch) -> dict[str, torch.Tensor]:
+        """Rows of the sample grid: source, driver, augmented driver, EMA reconstruction."""
+        driver_aug = self.augment(batch["driver"])
+        fake, _ = self.reconstruct(batch["source"], driver_aug, generator=self.generator0_ema.module)
+        return {"source": batch["source"], "driver": batch["driver"], "driver_aug": driver_aug,
+                "reconstruction": fake}
+
     def configure_optimizers(self):
         generator_side = list(self.appearance.parameters()) + list(self.motion.parameters()) + list(
             self.generator0.parameters())
