@@ -128,7 +128,9 @@ def load_audio(path: Union[str, os.PathLike]) -> np.ndarray:
     Files libsndfile reads (wav, flac, ogg, mp3 with libsndfile >= 1.1) go through soundfile;
     channels are averaged and other rates are resampled with librosa (soxr_hq, librosa's
     default; the release used resampy, so resampled inputs may differ slightly). Anything else
-    (m4a, aac, mp4, ...) is decoded by imageio-ffmpeg's bundled ffmpeg straight to 16 kHz mono.
+    (m4a, aac, mp4, ...) is decoded by imageio-ffmpeg's bundled ffmpeg straight to 16 kHz mono,
+    on the file's timeline: sample 0 is t = 0 of the container, the time of video frame 0, even
+    if the audio stream starts late (padded with silence) or early (trimmed).
 
     Raises:
         PdfgcError: missing, unreadable or empty file (one line naming the file).
@@ -159,7 +161,8 @@ def _load_with_ffmpeg(path: Path) -> np.ndarray:
 
     cmd = [
         imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path),
-        "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-",
+        "-vn", "-map", "0:a:0", "-af", "aresample=async=1:first_pts=0",  # pin to t = 0
+        "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-",
     ]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
