@@ -273,9 +273,17 @@ def test_compose_style_order():
     assert codes.STAGE1_STYLE_DIM == 2560
 
 
-def test_configs_load_and_build(tmp_path):
-    cfg = load_networks_config("small")
+@pytest.mark.parametrize("name", ["official", "small"])
+def test_config_sizes_agree(name):
+    cfg = load_networks_config(name)
+    assert cfg.image_size == cfg.generator.size == cfg.motion.image_size
     assert cfg.generator.init_size == cfg.appearance.map_size
+    assert cfg.generator.input_channels == cfg.appearance.map_channels == 512
+    assert cfg.generator.style_dim == codes.STYLE_DIM
+
+
+def test_configs_load_and_build():
+    cfg = load_networks_config("small")
     assert load_networks_config(Path(__file__).resolve().parents[1] / "configs/networks/small.yaml") == cfg
     official = load_networks_config("official")
     assert official.generator.style_dim == 2590 and official.generator.init_size == 7
