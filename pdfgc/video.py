@@ -73,8 +73,12 @@ def official_crop(img: np.ndarray, size: int = 224) -> torch.Tensor:
     """The release's image preprocessing, size-generic.
 
     Squash-resize to ``size x size``, keep the :func:`crop_box` (rows [0, 192), cols [16, 208)
-    at 224), resize back to ``size x size``; both resizes are ``cv2.resize`` with
-    ``INTER_LINEAR`` (what the release's ``cv2.resize`` defaults to), then scale to [-1, 1].
+    at 224), resize back to ``size x size``, then scale to [-1, 1]. Both resizes are
+    ``cv2.resize`` with ``INTER_LINEAR``, the release's inference default (its training loader
+    used PIL bilinear for the zoom; the two agree to about one grey level on upscaling). One
+    exception: an input more than 2x larger than ``size`` (e.g. 224 frames for the 64 px
+    configuration) is squashed with ``INTER_AREA``, since a 2-tap linear shrink would alias;
+    the release never shrinks that much, so official 224 inputs are unaffected.
 
     Args:
         img: ``(H, W, 3)`` uint8 RGB (any H, W; the aspect ratio is not preserved, as in the
@@ -88,7 +92,8 @@ def official_crop(img: np.ndarray, size: int = 224) -> torch.Tensor:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {img.dtype} {img.shape}")
     top, left, side = crop_box(size)
     if img.shape[:2] != (size, size):
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+        shrink = max(img.shape[0], img.shape[1]) > 2 * size
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     crop = np.ascontiguousarray(img[top:top + side, left:left + side])
     crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
     x = torch.from_numpy(crop).permute(2, 0, 1).float()

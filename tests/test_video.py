@@ -85,6 +85,19 @@ def test_crop_squashes_colour_and_range():
         V.official_crop(np.zeros((10, 10), np.uint8))
 
 
+def test_crop_of_a_large_frame_for_the_small_config():
+    """A 224 frame cropped for 64 px (shrunk with INTER_AREA): the marker maps through both steps."""
+    img = np.zeros((224, 224, 3), np.uint8)
+    img[96:104, 60:68] = 255  # centre (99.5, 63.5)
+    out = V.official_crop(img, 64)
+    top, left, side = V.crop_box(64)
+    to64 = lambda x: (x + 0.5) * 64 / 224 - 0.5  # noqa: E731
+    zoom = lambda x, off: (x - off + 0.5) * 64 / side - 0.5  # noqa: E731
+    got = _centroid((out[0].numpy() + 1) / 2)
+    assert got == pytest.approx((zoom(to64(99.5), top), zoom(to64(63.5), left)), abs=0.2)
+    assert out.max() > 0.5  # the 8 px marker survives as ~2.3 px
+
+
 def test_to_uint8_round_trip():
     img = _smooth_frames(1)[0]
     x = torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1
