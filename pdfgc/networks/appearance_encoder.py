@@ -22,7 +22,7 @@ class AppearanceEncoder(nn.Module):
     ``fc`` (2048 -> ``num_identities``, 5995 official) is the identity classifier
     (``classify(id_vec) -> (B, num_identities)`` logits).
 
-    ``backbone_classes`` sizes the unused ``model.fc`` (1000 official) and
+    ``backbone_classes`` sizes the unused ``model.fc`` (1000 official; frozen) and
     ``replace_stride_with_dilation`` is passed to torchvision (small images keep a larger map).
     """
 
@@ -36,6 +36,8 @@ class AppearanceEncoder(nn.Module):
                             width_per_group=width_per_group,
                             replace_stride_with_dilation=(list(replace_stride_with_dilation)
                                                           if replace_stride_with_dilation else None))
+        # torchvision's classifier is never used: frozen, so DDP never waits for its gradients.
+        self.model.fc.requires_grad_(False)
         feat = 512 * Bottleneck.expansion
         assert feat == ID_DIM
         self.conv1x1 = nn.Conv2d(feat, map_channels, kernel_size=1)

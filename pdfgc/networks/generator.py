@@ -27,8 +27,9 @@ class Generator(nn.Module):
     output passes through ``tanh`` so it lies in ``[-1, 1]``.
 
     Kept only so that the release's file loads key for key: the mapping MLP ``style`` (PixelNorm +
-    ``mapping_layers`` EqualLinear, lr_mul 0.01, frozen: ``requires_grad=False``), the constant
-    ``input.input`` and the ``noises.noise_i`` buffers.
+    ``mapping_layers`` EqualLinear, lr_mul 0.01), the constant ``input.input`` (both frozen:
+    ``requires_grad=False``, so DDP never waits for their gradients) and the ``noises.noise_i``
+    buffers.
 
     Args:
         size: output side S (224 official).
@@ -74,6 +75,7 @@ class Generator(nn.Module):
 
         c0 = self.channels[init_size]
         self.input = ConstantInput(input_channels, init_size)
+        self.input.requires_grad_(False)  # never used: the appearance map replaces it
         impl = dict(impl=modconv_impl)
         self.conv1 = StyledConv(input_channels, c0, 3, style_dim, blur_taps=blur_kernel, **impl)
         self.to_rgb1 = ToRGB(c0, style_dim, upsample=False, **impl)
