@@ -1,0 +1,56 @@
+"""Metrics for pdfgc: the SynthTalk disentanglement matrix, control transfer, lip-sync, reports.
+
+- :mod:`.disentanglement`: linear probes from each motion code to each ground-truth factor,
+  split by clip (``disentanglement_matrix`` -> ``DisentanglementResult``).
+- :mod:`.oracle`: ``FactorOracle``, a small CNN reading pose/gaze/blink/mouth/emotion from a
+  SynthTalk image (the synthetic stand-in for real pose/gaze/SyncNet/emotion estimators).
+- :mod:`.control`: transfer / leak scores of generated frames, lip-sync correlation.
+- :mod:`.report`: ``metrics.json``, ``metrics.md``, ``disentanglement.png``.
+"""
+
+from .control import (
+    ControlScore,
+    LipSync,
+    check_control,
+    control_metrics,
+    control_transfer,
+    lip_sync_correlation,
+    r2_score,
+)
+from .disentanglement import (
+    DEFAULT_THRESHOLDS,
+    DIAGONAL_PAIRS,
+    CheckResult,
+    DisentanglementMetric,
+    DisentanglementResult,
+    chance_corrected,
+    codes_from_style,
+    disentanglement_matrix,
+    group_ids,
+    split_by_group,
+)
+from .report import flatten_disentanglement, flatten_metrics, render_heatmap, write_report
+
+__all__ = [
+    "CheckResult",
+    "ControlScore",
+    "DEFAULT_THRESHOLDS",
+    "DIAGONAL_PAIRS",
+    "DisentanglementMetric",
+    "DisentanglementResult",
+    "LipSync",
+    "chance_corrected",
+    "check_control",
+    "codes_from_style",
+    "control_metrics",
+    "control_transfer",
+    "disentanglement_matrix",
+    "flatten_disentanglement",
+    "flatten_metrics",
+    "group_ids",
+    "lip_sync_correlation",
+    "r2_score",
+    "render_heatmap",
+    "split_by_group",
+    "write_report",
+]
