@@ -199,6 +199,13 @@ def _parse_header(info: str, path: Path) -> dict:
         size = re.search(r",\s*(\d{2,5})x(\d{2,5})[\s,\[]", desc + " ")
         if size:
             out["width"], out["height"] = int(size.group(1)), int(size.group(2))
+        # Phone videos carry a display rotation that ffmpeg applies when decoding: report the
+        # decoded (displayed) size, which is what the frame reader gets.
+        after = info[video.end():]
+        nxt = re.search(r"Stream #", after)
+        rot = re.search(r"rotation of (-?[\d.]+) degrees", after[:nxt.start()] if nxt else after)
+        if rot and out["width"] is not None and round(float(rot.group(1))) % 180 == 90:
+            out["width"], out["height"] = out["height"], out["width"]
         rate = re.search(r"([\d.]+)(k?) fps", desc) or re.search(r"([\d.]+)(k?) tbr", desc)
         if rate:
             out["fps"] = float(rate.group(1)) * (1000 if rate.group(2) else 1)

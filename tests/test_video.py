@@ -297,3 +297,17 @@ def test_truncated_video_is_detected(tmp_path):
         V.read_frames(cut)
     partial = V.read_frames(cut, strict=False)  # lenient mode keeps what decoded
     assert 0 < partial.shape[0] < 20
+
+
+def test_rotated_video_is_read_upright(tmp_path):
+    """A display-rotation tag (phone videos) is applied by ffmpeg; the reader must use the
+    rotated size, not the coded one."""
+    plain = V.write_video(tmp_path / "plain.mp4", _smooth_frames(3, h=48, w=64), FPS)
+    rotated = tmp_path / "rotated.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-display_rotation", "90",
+                    "-i", str(plain), "-c", "copy", str(rotated)], check=True)
+    a, b = V.read_frames(plain), V.read_frames(rotated)
+    assert b.shape == (3, 64, 48, 3)
+    assert np.array_equal(b[0], np.rot90(a[0], 1))
+    info = V.probe(rotated)
+    assert (info["width"], info["height"]) == (48, 64)
