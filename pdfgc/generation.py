@@ -37,6 +37,9 @@ Differences from the release, all deliberate:
   filters see one halo frame on each side of a chunk, so chunked output equals one-shot output.
   Driver motion codes (42 floats per driver frame) are encoded once up front, only as many frames
   as the output needs.
+* **Driver videos** are read at 25 fps on their own timeline (resampled if they have another
+  rate), so driver frame ``i`` is the one shown at ``t = i / 25``; frame folders (the release's
+  only input) are taken as 25 fps.
 * **Output.** H.264 + AAC mp4 written atomically, only the generated face by default
   (``strip=True`` gives the release's appearance | generated | pose | expression | eye strip).
   Images are rounded to uint8 (the release truncated).
@@ -384,7 +387,9 @@ class _Driver:
     def _frames(self) -> Iterator[torch.Tensor]:
         from pdfgc.video import iter_frames, official_crop
 
-        frames = iter(iter_frames(self.path))
+        # Videos are read on their own timeline at 25 fps (a 30 fps driver keeps its real speed);
+        # frame folders carry no rate and are taken as 25 fps, one frame per output frame.
+        frames = iter(iter_frames(self.path, fps=FPS))
         try:
             for frame in frames:
                 yield torch.as_tensor(official_crop(frame, self.size), dtype=torch.float32)

@@ -201,6 +201,23 @@ def test_driver_looping_matches_release_batches():
         driver_indices(range(3), 2, drop=2)
 
 
+def test_driver_video_is_read_at_25_fps(tmp_path):
+    """A 30 fps driver keeps its real speed: 1.2 s of video -> 30 driver frames at 25 fps."""
+    from pdfgc.generation import _Driver
+    from pdfgc.video import write_video
+
+    clip = np.stack([np.full((32, 32, 3), 4 * i, np.uint8) for i in range(36)])  # 1.2 s at 30 fps
+    path = write_video(tmp_path / "d30.mp4", clip, fps=30)
+    drv = _Driver(str(path), size=16, drop=0)
+    encode = lambda x: (x.mean((1, 2, 3))[:, None].repeat(1, 6), torch.zeros(len(x), 6),  # noqa: E731
+                        torch.zeros(len(x), 30))
+    drv.encode(needed=100, encode_batch=encode, batch_size=8, progress=lambda n: None)
+    assert drv.pose.shape[0] == 30
+    brightness = drv.pose[:, 0]
+    assert torch.all(brightness[1:] - brightness[:-1] > 0.01)  # in time order, no frame repeated
+    assert driver_indices(range(65), 30).tolist() == [i % 30 for i in range(65)]
+
+
 # ---------------------------------------------------------------------------------------------
 # the pipeline against a direct computation
 # ---------------------------------------------------------------------------------------------
@@ -395,10 +412,9 @@ BAD_CASES = ["missing_audio", "unreadable_audio", "audio_too_short", "missing_im
              "unreadable_image", "missing_driver", "empty_driver", "driver_not_given",
              "missing_checkpoint_file", "wrong_checkpoint_keys", "no_checkpoint_dir",
              "missing_required_option", "wrong_option_type"]
-# One case per phase (validation, audio decoding, driver encoding after the networks loaded,
-# checkpoint loading, Hydra's missing value) also goes through a real `python generate.py`.
-CLI_BAD_CASES = ["missing_audio", "audio_too_short", "empty_driver", "wrong_checkpoint_keys",
-                 "missing_required_option"]
+# One case per phase (input validation, checkpoint loading, driver decoding after the networks
+# loaded, Hydra's missing value) also goes through a real `python generate.py`.
+CLI_BAD_CASES = ["missing_audio", "empty_driver", "wrong_checkpoint_keys", "missing_required_option"]
 
 
 def _good_options(a, out: Path) -> dict:
