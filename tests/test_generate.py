@@ -334,7 +334,7 @@ def test_generate_writes_aligned_mp4(assets):
 def test_config_file_matches_dataclasses():
     """Every option in configs/generate.yaml is a dataclass field with the same default."""
     cfg = OmegaConf.load(ROOT / "configs" / "generate.yaml")
-    keys = set(cfg) - {"defaults", "task_name"}
+    keys = set(cfg) - {"defaults", "task_name", "hydra"}
     fields = {f.name: f for f in dataclasses.fields(GenerationRequest)}
     fields.update({f.name: f for f in dataclasses.fields(ModelOptions)})
     assert keys | {"networks"} == set(fields)
@@ -355,7 +355,7 @@ def test_config_file_matches_dataclasses():
 
 
 def _cli(args, run_dir):
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     env.pop("PDFGC_DEBUG", None)
     cmd = [sys.executable, str(ROOT / "generate.py"), *args, "device=cpu", f"hydra.run.dir={run_dir}"]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
