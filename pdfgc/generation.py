@@ -374,15 +374,16 @@ def postprocess_codes(mouth: torch.Tensor, emotion: torch.Tensor, eye: torch.Ten
 class _Driver:
     """One driver (frame folder or video), cropped to the networks' side, read lazily.
 
-    ``encode`` runs E_mot on the first ``needed`` frames once and keeps only the codes
-    (42 floats per frame); ``looping_images`` re-reads frames in output order for the strip.
+    ``encode`` reads the first ``needed`` frames once, runs E_mot on them and keeps only the
+    codes (42 floats per frame); ``looping_images`` re-reads frames in output order for the strip.
     """
 
     def __init__(self, path: str, size: int, drop: int):
         self.path = str(path)
         self.size = size
         self.drop = drop
-        self.pose = self.eye = self.emotion = None  # (n, 6) / (n, 6) / (n, 30) CPU float32
+        self.count = 0  # frames read: min(L, needed)
+        self.pose = self.eye = self.emotion = None  # (count, 6) / (count, 6) / (count, 30) float32
 
     def _frames(self) -> Iterator[torch.Tensor]:
         from pdfgc.video import iter_frames, official_crop
@@ -398,16 +399,18 @@ class _Driver:
             if close is not None:
                 close()  # stops a video's ffmpeg process when the caller stops early
 
-    def encode(self, needed: int, encode_batch: Callable[[torch.Tensor], tuple],
+    def encode(self, needed: int, encode_batch: Callable[[torch.Tensor], tuple] | None,
                batch_size: int, progress: Callable[[int], None]) -> None:
-        """Encode driver frames ``0 .. min(L, needed) - 1`` (codes for frames < drop are unused
-        but cheap and keep the indexing plain)."""
+        """Read driver frames ``0 .. min(L, needed) - 1`` and, unless ``encode_batch`` is None
+        (a driver shown in the strip only), keep their E_mot codes. Codes of the ``drop`` first
+        frames are never used but keep the indexing plain."""
         pose, eye, emo, batch = [], [], [], []
         count = 0
 
         def flush():
-            p, e, m = encode_batch(torch.stack(batch))
-            pose.append(p), eye.append(e), emo.append(m)
+            if encode_batch is not None:
+                p, e, m = encode_batch(torch.stack(batch))
+                pose.append(p), eye.append(e), emo.append(m)
             batch.clear()
             progress(count)
 
@@ -429,15 +432,17 @@ class _Driver:
         if count <= self.drop:
             raise PdfgcError(f"driver has {count} frame(s); drop_first_frames={self.drop} leaves none: "
                              f"{self.path}")
-        self.pose, self.eye, self.emotion = torch.cat(pose), torch.cat(eye), torch.cat(emo)
+        self.count = count
+        if encode_batch is not None:
+            self.pose, self.eye, self.emotion = torch.cat(pose), torch.cat(eye), torch.cat(emo)
 
     def indices(self, start: int, stop: int) -> torch.Tensor:
         """Driver frame index of output frames ``start .. stop - 1``."""
-        return driver_indices(range(start, stop), self.pose.shape[0], self.drop)
+        return driver_indices(range(start, stop), self.count, self.drop)
 
     def looping_images(self) -> Iterator[torch.Tensor]:
         """Cropped frames ``(3, S, S)`` in output order: ``drop, drop+1, ..., L-1, drop, ...``."""
-        n = self.pose.shape[0]
+        n = self.count
         while True:
             frames = self._frames()
             try:
@@ -589,6 +594,7 @@ class GenerationPipeline:
         controls = req.controls()
         drivers: dict[str, _Driver] = {}  # by driver field
         by_path: dict[str, _Driver] = {}  # one decode + encode per distinct file
+        encoded: set[str] = set()  # drivers whose codes some enabled control uses
         for fld in DRIVER_FIELDS:
             path = getattr(req, fld)
             used = any(controls[c] for c, f in DRIVER_OF.items() if f == fld)
@@ -597,17 +603,20 @@ class GenerationPipeline:
                 if key not in by_path:
                     by_path[key] = _Driver(path, self.image_size, req.drop_first_frames)
                 drivers[fld] = by_path[key]
+                if used:
+                    encoded.add(key)
         needed = req.drop_first_frames + num_frames
         total = needed * len(by_path)
         done = 0
-        for drv in by_path.values():
+        for key, drv in by_path.items():
             base = done
 
             def report(count, base=base):
                 if progress:
                     progress("drivers", base + count, total)
 
-            drv.encode(needed, self._encode_motion(req.precision), req.batch_size, report)
+            encoder = self._encode_motion(req.precision) if key in encoded else None
+            drv.encode(needed, encoder, req.batch_size, report)
             done += needed
             report(needed)  # a short driver stops early; show the stage as complete
         return _Prepared(mel=mel, num_frames=num_frames, duration=duration, portrait=portrait,
@@ -629,7 +638,7 @@ class GenerationPipeline:
 
         def driver_codes(fld: str, attr: str, dim: int) -> torch.Tensor:
             drv = p.drivers.get(fld)
-            if drv is None:  # factor off and no driver: its code is zeroed anyway
+            if drv is None or getattr(drv, attr) is None:  # factor off: its code is zeroed anyway
                 return torch.zeros(b - a, dim)
             return getattr(drv, attr)[drv.indices(a, b)]
 

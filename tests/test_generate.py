@@ -212,7 +212,7 @@ def test_driver_video_is_read_at_25_fps(tmp_path):
     encode = lambda x: (x.mean((1, 2, 3))[:, None].repeat(1, 6), torch.zeros(len(x), 6),  # noqa: E731
                         torch.zeros(len(x), 30))
     drv.encode(needed=100, encode_batch=encode, batch_size=8, progress=lambda n: None)
-    assert drv.pose.shape[0] == 30
+    assert drv.count == drv.pose.shape[0] == 30
     brightness = drv.pose[:, 0]
     assert torch.all(brightness[1:] - brightness[:-1] > 0.01)  # in time order, no frame repeated
     assert driver_indices(range(65), 30).tolist() == [i % 30 for i in range(65)]
@@ -297,15 +297,18 @@ def test_strip_panels_and_driver_looping(assets):
 
     pipe = assets["pipe"]
     s = pipe.image_size
+    # pose drives (encoded); the expression driver is only shown (emo off); no eye driver
     req = _request(assets, all=False, headpose=True, pose_path=str(assets["mp4"]),
-                   exp_path=None, eye_path=None, strip=True, chunk_frames=5)
+                   exp_path=str(assets["frames"]), eye_path=None, strip=True, chunk_frames=5)
     images = _images(pipe, req)
     n = images.shape[0]
     assert images.shape == (n, 3, s, 5 * s)
-    drv = torch.stack([official_crop(f, s) for f in read_frames(assets["mp4"])])
+    pose_drv = torch.stack([official_crop(f, s) for f in read_frames(assets["mp4"])])
+    exp_drv = torch.stack([official_crop(f, s) for f in read_frames(assets["frames"])])
     for i in range(n):
-        torch.testing.assert_close(images[i, :, :, 2 * s:3 * s], drv[i % drv.shape[0]])
-    assert torch.all(images[:, :, :, 3 * s:] == -1)  # no expression / eye driver: black panels
+        torch.testing.assert_close(images[i, :, :, 2 * s:3 * s], pose_drv[i % pose_drv.shape[0]])
+        torch.testing.assert_close(images[i, :, :, 3 * s:4 * s], exp_drv[i % exp_drv.shape[0]])
+    assert torch.all(images[:, :, :, 4 * s:] == -1)  # no eye driver: a black panel
     portrait = official_crop(cv2.cvtColor(cv2.imread(str(assets["face"])), cv2.COLOR_BGR2RGB), s)
     torch.testing.assert_close(images[:, :, :, :s], portrait.expand(n, -1, -1, -1))
 
