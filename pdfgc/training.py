@@ -55,7 +55,9 @@ def train_stage(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(int(cfg.seed), workers=True)
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    model: pl.LightningModule = hydra.utils.instantiate(cfg.model, networks=cfg.networks, _recursive_=False)
+    # Plain containers (not DictConfig) so checkpoints hold only safe types (weights_only loads).
+    model: pl.LightningModule = hydra.utils.instantiate(
+        cfg.model, networks=OmegaConf.to_container(cfg.networks, resolve=True), _recursive_=False, _convert_="all")
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if cfg.get("init_from") and ckpt_path is None:
         # Weights only; a resumed run already has them (and more) in its checkpoint.

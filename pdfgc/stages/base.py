@@ -55,6 +55,27 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
+def stage_from_checkpoint(path: str | Path) -> "StageModule":
+    """Rebuild the stage LightningModule saved in a Lightning ``.ckpt`` (weights included)."""
+    import importlib
+
+    path = Path(path)
+    if not path.exists():
+        raise PdfgcError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise PdfgcError(f"cannot read checkpoint {path}: {exc.__class__.__name__}") from exc
+    name = ckpt.get("pdfgc_stage_class") if isinstance(ckpt, dict) else None
+    if not name:
+        raise PdfgcError(f"{path} is not a pdfgc stage checkpoint (no pdfgc_stage_class)")
+    module_name, _, cls_name = name.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    model = cls(**ckpt["hyper_parameters"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
 def load_weights_file(module: nn.Module, path: Path) -> None:
     """Load one exported ``*.pth`` state_dict into ``module`` (strict), with clear errors."""
     try:
@@ -124,6 +145,11 @@ class StageModule(pl.LightningModule):
             ema = getattr(self, f"{slot}_ema", None)
             out[slot] = ema.module if ema is not None else getattr(self, slot)
         return out
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lets evaluate.py / export tools rebuild the right stage from a bare .ckpt.
+        checkpoint["pdfgc_stage_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     # ---- init from a previous stage --------------------------------------------------------
     def init_from_export(self, directory: str | Path) -> list[str]:

@@ -1,0 +1,173 @@
+"""SynthTalk as a LightningDataModule: the samples each stage needs, with ground truth.
+
+Yields exactly the keys of the VoxCeleb2 datamodule (docs/design.md, "Samples") for the
+configured ``mode``, plus ground truth under ``gt_*`` keys, so a stage cannot tell them apart.
+Every sample is a pure function of ``(seed, index)``: runs are reproducible and DDP ranks,
+which get different indices from the distributed sampler, see different data.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pdfgc.synthtalk.world import ClipPool, WorldConfig, load_or_render_pool
+
+log = logging.getLogger(__name__)
+
+MODES = ("reconstruction", "fine_motion", "emotion")
+
+
+def to_image(u8: np.ndarray) -> torch.Tensor:
+    """(…, S, S, 3) uint8 -> (…, 3, S, S) float32 in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(u8)).float().div_(127.5).sub_(1.0)
+    return t.movedim(-1, -3)
+
+
+def paste_eyes(negative: np.ndarray, positive: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """The eye-triplet anchor: ``negative`` with ``positive``'s eye strip pasted in.
+
+    :param boxes: (K, 4) pixel boxes (x0, y0, x1, y1) of the eyes of both frames; the strip is
+        their union, so it covers both eyes of both frames.
+    """
+    x0, y0 = np.floor(boxes[:, :2].min(0)).astype(int)
+    x1, y1 = np.ceil(boxes[:, 2:].max(0)).astype(int)
+    h, w = negative.shape[:2]
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    anchor = negative.copy()
+    anchor[y0:y1, x0:x1] = positive[y0:y1, x0:x1]
+    return anchor
+
+
+class SynthTalkDataset(Dataset):
+    """Random samples of one mode drawn from a :class:`ClipPool`.
+
+    :param pool: the rendered split
+    :param mode: ``reconstruction`` | ``fine_motion`` | ``emotion``
+    :param length: samples per epoch
+    :param seed: sample ``i`` depends only on ``(seed, i)``
+    :param num_lip_steps: N time steps per clip in ``fine_motion`` (1 positive + N-1 negatives each)
+    :param emotion_window: K consecutive frames in ``emotion``
+    :param eye_gap: (min, max) frames between the eye triplet's positive and negative
+    """
+
+    def __init__(self, pool: ClipPool, mode: str, length: int, seed: int = 0, num_lip_steps: int = 5,
+                 emotion_window: int = 5, eye_gap: tuple[int, int] = (2, 10)) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
+        if pool.num_frames < max(num_lip_steps, emotion_window, eye_gap[1] + 1):
+            raise ValueError(f"clips of {pool.num_frames} frames are too short for this sampling")
+        self.pool, self.mode, self.length, self.seed = pool, mode, int(length), int(seed)
+        self.num_lip_steps, self.emotion_window, self.eye_gap = num_lip_steps, emotion_window, tuple(eye_gap)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def ground_truth(self, c: int, t) -> dict[str, torch.Tensor]:
+        p = self.pool
+        t = np.asarray(t)
+        out = {f"gt_{k}": torch.as_tensor(np.array(getattr(p, k)[c, t]))
+               for k in ("pose", "gaze", "blink", "mouth", "emotion_intensity")}
+        out["gt_emotion"] = torch.full(t.shape, int(p.emotion[c]), dtype=torch.int64)
+        return out
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, int(index)])
+        p = self.pool
+        c = int(rng.integers(len(p)))
+        F = p.num_frames
+        sample = {"speaker": torch.tensor(int(p.speakers[c])), "clip": p.name(c)}
+        if self.mode == "reconstruction":
+            src, drv = rng.choice(F, 2, replace=False)
+            sample.update(source=to_image(p.images[c, src]), driver=to_image(p.images[c, drv]))
+            sample.update(self.ground_truth(c, drv))
+        elif self.mode == "fine_motion":
+            ts = np.sort(rng.choice(F, self.num_lip_steps, replace=False))
+            sample.update(frames=to_image(p.images[c, ts]), mels=torch.from_numpy(p.windows[c, ts]),
+                          pose=torch.from_numpy(p.pose[c, ts]))
+            sample.update(self.eye_triplet(rng, c))
+            sample.update(self.ground_truth(c, ts))
+        else:
+            k = self.emotion_window
+            start = int(rng.integers(F - k + 1))
+            ts = np.arange(start, start + k)
+            src = int(rng.integers(F))
+            sample.update(frames=to_image(p.images[c, ts]), mels=torch.from_numpy(p.windows[c, ts]),
+                          source=to_image(p.images[c, src]))
+            sample.update(self.ground_truth(c, ts))
+        return sample
+
+    def eye_triplet(self, rng: np.random.Generator, c: int) -> dict[str, torch.Tensor]:
+        """Positive and negative from the same clip, close in time (similar pose) but with the
+        most different eye state among a few candidates; anchor = negative + positive's eyes."""
+        p = self.pool
+        F = p.num_frames
+        pos = int(rng.integers(F))
+        lo, hi = self.eye_gap
+        candidates = [t for t in range(max(0, pos - hi), min(F, pos + hi + 1)) if abs(t - pos) >= lo]
+        eye_state = np.concatenate([p.gaze[c], p.blink[c]], axis=1)
+        diff = np.abs(eye_state[candidates] - eye_state[pos]).sum(1)
+        neg = int(candidates[int(np.argmax(diff + rng.uniform(0, 0.05, len(diff))))])
+        boxes = np.concatenate([p.eye_boxes[c, pos], p.eye_boxes[c, neg]])
+        anchor = paste_eyes(p.images[c, neg], p.images[c, pos], boxes)
+        return {"eye_positive": to_image(p.images[c, pos]), "eye_negative": to_image(p.images[c, neg]),
+                "eye_anchor": to_image(anchor), "eye_open": torch.from_numpy(1.0 - p.blink[c, pos])}
+
+
+class SynthTalkDataModule(pl.LightningDataModule):
+    """SynthTalk for the training stages (train speakers) and validation/test (held-out speakers).
+
+    World arguments (``seed``, ``num_speakers``, ``heldout_speakers``, ``clips_per_speaker``,
+    ``clip_seconds``, ``image_size``) are those of :class:`WorldConfig`; see
+    ``configs/data/synthtalk.yaml`` for every field.
+    """
+
+    def __init__(self, mode: str = "reconstruction", image_size: int = 64, seed: int = 0,
+                 num_speakers: int = 200, heldout_speakers: int = 40, clips_per_speaker: int = 2,
+                 clip_seconds: float = 2.0, batch_size: int = 16, num_workers: int = 0,
+                 samples_per_epoch: int = 100_000, val_samples: int = 64, num_lip_steps: int = 5,
+                 emotion_window: int = 5, cache_dir: str | None = None, render_workers: int = 2,
+                 pin_memory: bool = False) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"unknown data mode {mode!r}; one of {MODES}")
+        self.world = WorldConfig(seed, num_speakers, heldout_speakers, clips_per_speaker, clip_seconds, image_size)
+        self.mode, self.batch_size, self.num_workers = mode, batch_size, num_workers
+        self.samples_per_epoch, self.val_samples = samples_per_epoch, val_samples
+        self.num_lip_steps, self.emotion_window = num_lip_steps, emotion_window
+        self.cache_dir, self.render_workers, self.pin_memory = cache_dir, render_workers, pin_memory
+        self.pools: dict[str, ClipPool] = {}
+
+    def prepare_data(self) -> None:
+        # Rank 0 renders and caches; the other ranks load the cache in setup().
+        if self.cache_dir:
+            for split in ("train", "test"):
+                load_or_render_pool(self.world, split, self.cache_dir, self.render_workers)
+
+    def pool(self, split: str) -> ClipPool:
+        if split not in self.pools:
+            self.pools[split] = load_or_render_pool(self.world, split, self.cache_dir, self.render_workers)
+        return self.pools[split]
+
+    def dataset(self, split: str, length: int, seed_offset: int = 0) -> SynthTalkDataset:
+        return SynthTalkDataset(self.pool(split), self.mode, length, self.world.seed * 1000 + seed_offset,
+                                self.num_lip_steps, self.emotion_window)
+
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, drop_last=shuffle,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train", self.samples_per_epoch), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test", self.val_samples, seed_offset=1), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test", self.val_samples, seed_offset=2), shuffle=False)
