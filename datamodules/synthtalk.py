@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.resumable import ResumableLoader
 from pdfgc.synthtalk.world import ClipPool, WorldConfig, load_or_render_pool
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,11 @@ class SynthTalkDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train", self.samples_per_epoch), shuffle=True)
+        # Samples are already random per index; the resumable loader walks indices in order
+        # and restarts exactly where a checkpoint left it (and splits them across DDP ranks).
+        return ResumableLoader(self.dataset("train", self.samples_per_epoch), batch_size=self.batch_size,
+                               num_workers=self.num_workers, pin_memory=self.pin_memory, drop_last=True,
+                               persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test", self.val_samples, seed_offset=1), shuffle=False)

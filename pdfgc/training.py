@@ -88,6 +88,17 @@ def stage_overrides(parent_overrides: list[str]) -> list[str]:
     return [o for o in parent_overrides if not o.split("=")[0].lstrip("+~") in ("experiment", "stages", "init_from")]
 
 
+def compose_stage(overrides: list[str]) -> DictConfig:
+    """Compose ``train.yaml`` with ``overrides`` (inside a running Hydra app or standalone)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return hydra.compose(config_name="train", overrides=overrides)
+    config_dir = Path(__file__).resolve().parents[1] / "configs"
+    with hydra.initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return hydra.compose(config_name="train", overrides=overrides)
+
+
 def train_chain(cfg: DictConfig, parent_overrides: list[str]) -> dict[str, Any]:
     """Run ``cfg.stages`` in order, each initialised from the previous stage's export."""
     root = Path(cfg.paths.output_dir)
@@ -97,7 +108,7 @@ def train_chain(cfg: DictConfig, parent_overrides: list[str]) -> dict[str, Any]:
         stage_dir = root / name.replace("/", "_")
         overrides = [f"experiment={name}", *stage_overrides(parent_overrides),
                      f"paths.output_dir={stage_dir}", f"init_from={init_from or 'null'}"]
-        stage_cfg = hydra.compose(config_name="train", overrides=overrides)
+        stage_cfg = compose_stage(overrides)
         log.info("stage %s -> %s", name, stage_dir)
         result = train_stage(stage_cfg)
         results[name] = result
@@ -107,11 +118,15 @@ def train_chain(cfg: DictConfig, parent_overrides: list[str]) -> dict[str, Any]:
     return {"stages": results, "export_dir": init_from}
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Entry of ``train.py``: one stage, or the chain in ``cfg.stages``."""
+def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Entry of ``train.py``: one stage, or the chain in ``cfg.stages``.
+
+    ``overrides`` are applied to every stage of a chain (default: the command line's).
+    """
     if cfg.get("stages"):
         from hydra.core.hydra_config import HydraConfig
 
-        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        if overrides is None:
+            overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         return train_chain(cfg, overrides)
     return train_stage(cfg)

@@ -29,6 +29,15 @@ from .disentanglement import (
     group_ids,
     split_by_group,
 )
+from .oracle import (
+    FACTOR_DIMS,
+    FactorOracle,
+    evaluate_oracle,
+    load_oracle,
+    oracle_arrays_from_clips,
+    save_oracle,
+    train_oracle,
+)
 from .report import flatten_disentanglement, flatten_metrics, render_heatmap, write_report
 
 __all__ = [
@@ -38,6 +47,8 @@ __all__ = [
     "DIAGONAL_PAIRS",
     "DisentanglementMetric",
     "DisentanglementResult",
+    "FACTOR_DIMS",
+    "FactorOracle",
     "LipSync",
     "chance_corrected",
     "check_control",
@@ -45,12 +56,17 @@ __all__ = [
     "control_metrics",
     "control_transfer",
     "disentanglement_matrix",
+    "evaluate_oracle",
     "flatten_disentanglement",
     "flatten_metrics",
     "group_ids",
     "lip_sync_correlation",
+    "load_oracle",
+    "oracle_arrays_from_clips",
     "r2_score",
     "render_heatmap",
+    "save_oracle",
     "split_by_group",
+    "train_oracle",
     "write_report",
 ]

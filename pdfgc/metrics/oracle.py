@@ -33,6 +33,7 @@ from .disentanglement import r2_per_dim
 __all__ = [
     "FACTOR_DIMS",
     "FactorOracle",
+    "boxes_to_params",
     "evaluate_oracle",
     "load_oracle",
     "oracle_arrays_from_clips",
@@ -40,9 +41,15 @@ __all__ = [
     "train_oracle",
 ]
 
+# Optional per-frame ground truth carried along by oracle_arrays_from_clips: feature boxes in
+# [0, 1] coordinates of the (cropped) frame, (x0, y0, x1, y1), used to read eyes and mouth at
+# full resolution; emotion intensity for reports.
+EXTRA_KEYS = ("eye_boxes", "mouth_box", "emotion_intensity")
+
 # Regression outputs in this order; emotion (classification) comes after them.
 FACTOR_DIMS: dict[str, int] = {"pose": 6, "gaze": 4, "blink": 2, "mouth": 2}
 NUM_EMOTIONS = 8
+PATCH_FEATURES = 64  # features per eye / mouth patch
 _FORMAT = "pdfgc-factor-oracle"
 _VERSION = 1
 
@@ -53,53 +60,108 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
     )
 
 
-class FactorOracle(nn.Module):
-    """CNN ``(B, 3, S, S)`` in [-1, 1] -> ``{"pose": (B,6), "gaze": (B,4), "blink": (B,2),
-    "mouth": (B,2), "emotion": (B,8) logits}``, regressions in ground-truth units.
+def _pyramid(cin: int, width: int, side: int, stop: int, max_width: int) -> tuple[nn.Sequential, int]:
+    """Stem at ``side`` then stride-2 stages down to ``stop``; returns (layers, channels)."""
+    layers: list[nn.Module] = [_block(cin, width, 1)]
+    c = width
+    while side > stop:
+        cout = min(c * 2, max_width)
+        layers += [_block(c, cout, 2), _block(cout, cout, 1)]
+        c, side = cout, side // 2
+    return nn.Sequential(*layers), c
 
-    Layout: two coordinate channels are appended to the image (CoordConv: pose translation and
-    gaze are positions, and plain convolutions are translation invariant), a full-resolution
-    stem, then stride-2 stages down to 4x4, a flatten (keeps *where* things are, unlike global
-    pooling) and an MLP. Regression heads predict standardised targets; the ``target_mean`` /
-    ``target_std`` buffers map them back to ground-truth units.
+
+def boxes_to_params(eye_boxes: torch.Tensor, mouth_box: torch.Tensor) -> torch.Tensor:
+    """Feature boxes -> ``(B, 12)`` = (cx, cy, w, h) of eye 0, eye 1, mouth, all in [0, 1].
 
     Args:
-        image_size: input side S (power of two, >= 8).
-        width: channels of the stem; stage k has ``min(width * 2**k, 8 * width)``.
-        hidden: MLP width.
-        factors: regression factors and their dims (default :data:`FACTOR_DIMS`).
-        num_emotions: classes of the emotion head (0 disables it).
+        eye_boxes: ``(B, 2, 4)`` (x0, y0, x1, y1); mouth_box: ``(B, 4)``; fractions of the side.
     """
+    b = torch.cat([eye_boxes.reshape(-1, 2, 4), mouth_box.reshape(-1, 1, 4)], 1).float()
+    centre = (b[..., :2] + b[..., 2:]) / 2
+    size = b[..., 2:] - b[..., :2]
+    return torch.cat([centre, size], -1).reshape(-1, 12)
+
+
+class FactorOracle(nn.Module):
+    """CNN ``(B, 3, S, S)`` in [-1, 1] -> ``{"pose": (B,6), "gaze": (B,4), "blink": (B,2),
+    "mouth": (B,2), "emotion": (B,8) logits}`` (+ ``"boxes"`` (B,12)), ground-truth units.
+
+    Two parts, because the factors live at two scales:
+
+    - a *trunk* on the whole face at half resolution (a lossless space-to-depth first, plus two
+      coordinate channels since pose translation is a position) down to 4x4, flattened (keeps
+      where things are) into an MLP: pose, emotion, and (with ``patches``) where the eyes and
+      the mouth are (``boxes``: centre and size of each, fractions of the side);
+    - with ``patches`` (default), *patch readers*: the eyes (one shared CNN, 16x16 each) and the
+      mouth (12x24) are resampled at full resolution from the boxes (torchvision ``roi_align``)
+      and read with the trunk's features appended (the mouth label is the speech part, so the
+      mouth reader must know the emotion). Gaze is a 1-2 px iris shift on a 64 px face: a
+      whole-image CNN trained for minutes never picked it up (R² 0.0), the patch reader does.
+
+    While training, the patches are cut at the ground-truth boxes (jittered); when reading,
+    at the trunk's predicted boxes. Regressions are predicted standardised; ``target_mean`` /
+    ``target_std`` map them back.
+
+    Args:
+        image_size: input side S (power of two, >= 16).
+        width: trunk stem channels (stages double up to 8x).
+        hidden: trunk MLP width.
+        num_emotions: classes of the emotion head.
+        patches: use the eye/mouth patch readers (needs boxes in the training data).
+        patch_width: channels of the patch readers' stems.
+    """
+
+    EYE_PATCH = (16, 16)
+    MOUTH_PATCH = (12, 24)
+    EYE_WINDOW = 1.6  # window side / the eye box's longer side (room for a misplaced box)
+    MOUTH_WINDOW = 1.25
 
     def __init__(
         self,
         image_size: int = 64,
         width: int = 16,
         hidden: int = 256,
-        factors: Mapping[str, int] | None = None,
         num_emotions: int = NUM_EMOTIONS,
+        patches: bool = True,
+        patch_width: int = 16,
     ) -> None:
         super().__init__()
-        if image_size < 8 or image_size & (image_size - 1):
-            raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
-        self.factors = dict(FACTOR_DIMS if factors is None else factors)
+        if image_size < 16 or image_size & (image_size - 1):
+            raise ValueError(f"image_size must be a power of two >= 16, got {image_size}")
         self.config = {"image_size": int(image_size), "width": int(width), "hidden": int(hidden),
-                       "factors": dict(self.factors), "num_emotions": int(num_emotions)}
-        self.image_size, self.num_emotions = int(image_size), int(num_emotions)
-        layers: list[nn.Module] = [_block(5, width, 1)]
-        c, side = width, image_size
-        while side > 4:
-            cout = min(c * 2, 8 * width)
-            layers += [_block(c, cout, 2), _block(cout, cout, 1)]
-            c, side = cout, side // 2
-        self.features = nn.Sequential(*layers)
-        n_reg = sum(self.factors.values())
-        self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(c * 16, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, n_reg + num_emotions),
-        )
-        self.register_buffer("target_mean", torch.zeros(n_reg))
-        self.register_buffer("target_std", torch.ones(n_reg))
+                       "num_emotions": int(num_emotions), "patches": bool(patches),
+                       "patch_width": int(patch_width)}
+        self.image_size, self.num_emotions, self.patches = int(image_size), int(num_emotions), bool(patches)
+        self.factors = dict(FACTOR_DIMS)
+        self.n_targets = sum(FACTOR_DIMS.values()) + (12 if patches else 0)
+        feats, c = _pyramid(20, width, image_size // 2, 4, 8 * width)
+        self.trunk = nn.Sequential(nn.PixelUnshuffle(2), feats, nn.Flatten(),
+                                   nn.Linear(c * 16, hidden), nn.ReLU(inplace=True))
+        # Trunk outputs: pose (6) + boxes (12) with patches, else every regression (14) and
+        # the emotion logits.
+        self.n_trunk = 6 + 12 if patches else sum(FACTOR_DIMS.values()) + num_emotions
+        self.trunk_out = nn.Linear(hidden, self.n_trunk)
+        if patches:
+            pw, f = patch_width, PATCH_FEATURES
+            eye_cnn, ce = _pyramid(3, pw, self.EYE_PATCH[0], 4, 2 * pw)
+            mouth_cnn, cm = _pyramid(3, pw, self.MOUTH_PATCH[0], 3, 2 * pw)
+            self.eye_cnn = nn.Sequential(eye_cnn, nn.Flatten(), nn.Linear(ce * 16, f),
+                                         nn.ReLU(inplace=True))
+            self.mouth_cnn = nn.Sequential(mouth_cnn, nn.Flatten(), nn.Linear(cm * 18, f),
+                                           nn.ReLU(inplace=True))
+            # + 2: which eye (one shared reader for both; the eyes' statistics differ slightly).
+            self.eye_head = nn.Sequential(nn.Linear(f + hidden + 2, hidden // 2),
+                                          nn.ReLU(inplace=True), nn.Linear(hidden // 2, 3))
+            self.mouth_head = nn.Sequential(nn.Linear(f + hidden, hidden // 2),
+                                            nn.ReLU(inplace=True), nn.Linear(hidden // 2, 2))
+            # Emotion shows in the brows, lids and mouth corners: read it from the whole face
+            # and the full-resolution patches together.
+            self.emotion_head = nn.Sequential(nn.Linear(3 * f + hidden, hidden // 2),
+                                              nn.ReLU(inplace=True),
+                                              nn.Linear(hidden // 2, num_emotions))
+        self.register_buffer("target_mean", torch.zeros(self.n_targets))
+        self.register_buffer("target_std", torch.ones(self.n_targets))
         ramp = torch.linspace(-1.0, 1.0, image_size)
         self.register_buffer(
             "coords", torch.stack([ramp.view(1, -1).expand(image_size, -1),
@@ -107,27 +169,74 @@ class FactorOracle(nn.Module):
             persistent=False,
         )
 
-    def raw(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` -> ``(B, n_reg + num_emotions)``: standardised regressions, logits."""
+    # target vector layout (standardised space): pose 6 | gaze 4 | blink 2 | mouth 2 | boxes 12
+
+    def _windows(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Box params (B,12) in [0,1] -> roi_align boxes in pixels: eyes (2B,5), mouth (B,5)."""
+        s = self.image_size
+        p = params.detach().float().reshape(-1, 3, 4)
+        b = torch.arange(p.shape[0], dtype=p.dtype, device=p.device)
+        # Eyes: squares around the centre; mouth: a 1:2 window; both clamped to sensible sizes
+        # so a wild prediction cannot produce an empty or whole-image window.
+        eside = (p[:, :2, 2:].amax(-1) * self.EYE_WINDOW).clamp(2.0 / s, 0.5)
+        ec = p[:, :2, :2]
+        eyes = torch.stack([
+            b.repeat_interleave(2),
+            ((ec[..., 0] - eside / 2) * s).reshape(-1), ((ec[..., 1] - eside / 2) * s).reshape(-1),
+            ((ec[..., 0] + eside / 2) * s).reshape(-1), ((ec[..., 1] + eside / 2) * s).reshape(-1),
+        ], 1)
+        mw = (torch.maximum(p[:, 2, 2], 2 * p[:, 2, 3]) * self.MOUTH_WINDOW).clamp(4.0 / s, 0.9)
+        mc = p[:, 2, :2]
+        mouth = torch.stack([b, (mc[:, 0] - mw / 2) * s, (mc[:, 1] - mw / 4) * s,
+                             (mc[:, 0] + mw / 2) * s, (mc[:, 1] + mw / 4) * s], 1)
+        return eyes, mouth
+
+    def raw(self, x: torch.Tensor, boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B,3,S,S)`` -> (standardised targets ``(B, n_targets)``, emotion logits ``(B, C)``).
+
+        ``boxes``: ``(B, 12)`` box params (ground-truth units) to cut the patches at; default
+        the trunk's own prediction.
+        """
         if x.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"expected {self.image_size}px input, got {tuple(x.shape[-2:])}")
-        x = torch.cat([x, self.coords.expand(x.shape[0], -1, -1, -1)], 1)
-        return self.head(self.features(x))
+        h = self.trunk(torch.cat([x, self.coords.expand(x.shape[0], -1, -1, -1)], 1))
+        out = self.trunk_out(h)
+        if not self.patches:
+            return out[:, :14], out[:, 14:]
+        t = out
+        from torchvision.ops import roi_align
 
-    def split(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Raw outputs -> per-factor dict in ground-truth units (emotion stays logits)."""
-        n_reg = self.target_mean.numel()
-        reg = raw[:, :n_reg] * self.target_std + self.target_mean
+        pose_z, box_z = t[:, :6], t[:, 6:18]
+        if boxes is None:
+            boxes = box_z * self.target_std[14:] + self.target_mean[14:]
+        eyes, mouth = self._windows(boxes)
+        B = x.shape[0]
+        ep = roi_align(x, eyes, self.EYE_PATCH, sampling_ratio=2, aligned=True)
+        mp = roi_align(x, mouth, self.MOUTH_PATCH, sampling_ratio=2, aligned=True)
+        which = torch.eye(2, device=x.device, dtype=x.dtype).repeat(B, 1)
+        fe, fm = self.eye_cnn(ep), self.mouth_cnn(mp)
+        e = self.eye_head(torch.cat([fe, h.repeat_interleave(2, 0), which], 1)).reshape(B, 2, 3)
+        gaze_z = e[..., :2].reshape(B, 4)  # (x0, y0, x1, y1)
+        blink_z = e[..., 2]
+        mouth_z = self.mouth_head(torch.cat([fm, h], 1))
+        logits = self.emotion_head(torch.cat([h, fe.reshape(B, -1), fm], 1))
+        return torch.cat([pose_z, gaze_z, blink_z, mouth_z, box_z], 1), logits
+
+    def split(self, z: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Standardised outputs -> per-factor dict in ground-truth units (emotion stays logits)."""
+        reg = z * self.target_std + self.target_mean
         out, i = {}, 0
         for name, d in self.factors.items():
             out[name] = reg[:, i:i + d]
             i += d
+        if self.patches:
+            out["boxes"] = reg[:, i:i + 12]
         if self.num_emotions:
-            out["emotion"] = raw[:, n_reg:]
+            out["emotion"] = logits
         return out
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.split(self.raw(x))
+        return self.split(*self.raw(x))
 
     @torch.no_grad()
     def read(self, images: Any, batch_size: int = 256) -> dict[str, torch.Tensor]:
@@ -138,7 +247,8 @@ class FactorOracle(nn.Module):
                 uint8; resized (antialiased) to the oracle's side when H, W differ.
 
         Returns:
-            ``{factor: (N, d)}`` CPU float32 and ``"emotion"`` ``(N, 8)`` logits.
+            ``{factor: (N, d)}`` CPU float32, ``"emotion"`` ``(N, 8)`` logits and (patch model)
+            ``"boxes"`` ``(N, 12)``.
         """
         was_training = self.training
         self.eval()
@@ -229,7 +339,7 @@ def oracle_arrays_from_clips(
         if imgs.shape[-1] != 3:  # to_uint8 may return NCHW
             imgs = np.transpose(imgs, (0, 2, 3, 1))
         cols.setdefault("images", []).append(np.ascontiguousarray(imgs))
-        for k in (*FACTOR_DIMS, "emotion", "emotion_intensity"):
+        for k in (*FACTOR_DIMS, "emotion", *EXTRA_KEYS):
             v = clip.get(k, clip.get(f"gt_{k}"))
             if v is None:
                 continue
@@ -262,6 +372,12 @@ def evaluate_oracle(
     if oracle.num_emotions:
         y = torch.as_tensor(np.asarray(data["emotion"])).long().reshape(-1)
         rep["emotion/accuracy"] = float((pred["emotion"].argmax(1) == y).float().mean())
+    if "boxes" in pred and "eye_boxes" in data and "mouth_box" in data:
+        true = boxes_to_params(torch.as_tensor(np.asarray(data["eye_boxes"])),
+                               torch.as_tensor(np.asarray(data["mouth_box"])))
+        # Mean absolute error of box centres, in pixels of the oracle's input.
+        err = (pred["boxes"] - true).reshape(-1, 3, 4)[..., :2].abs().mean()
+        rep["boxes/centre_err_px"] = float(err) * oracle.image_size
     return rep
 
 
@@ -277,6 +393,9 @@ def train_oracle(
     image_size: int | None = None,
     width: int = 16,
     hidden: int = 256,
+    patch_width: int = 16,
+    patches: bool | None = None,
+    box_jitter: float = 0.08,
     noise_std: float = 0.02,
     device: str | torch.device = "cpu",
     num_threads: int | None = None,
@@ -287,13 +406,19 @@ def train_oracle(
     Args:
         data: training arrays ``{"images": (N,S,S,3) uint8 | (N,3,S,S) uint8/float [-1,1],
             "pose": (N,6), "gaze": (N,4), "blink": (N,2), "mouth": (N,2), "emotion": (N,) int,
-            "speaker": (N,) optional}``; or a SynthTalk world/datamodule-like object with
+            "eye_boxes": (N,2,4), "mouth_box": (N,4) (fractions of the side, optional),
+            "speaker": (N,) optional}``; or a SynthTalk world-like object with
             ``clips(split)`` (train split for training, test split for evaluation).
         steps, batch_size, lr, seed: optimisation (AdamW, 5 % warm-up, cosine decay to 0;
-            the seed fixes initialisation and batch order).
+            the seed fixes initialisation, batch order, noise and jitter).
         eval_data: held-out arrays (same keys). If None and ``data`` has ``speaker``, the
             speakers are split ``eval_fraction`` held out; otherwise no evaluation.
         image_size: oracle side (default: the images' side).
+        width, hidden, patch_width: network size (see :class:`FactorOracle`).
+        patches: use the eye/mouth patch readers; default: when the data has boxes.
+        box_jitter: training patches are cut at the true boxes moved by this fraction of the
+            box size (std) and rescaled by ``exp(N(0, box_jitter))``, so the readers tolerate
+            the trunk's own box errors at read time.
         noise_std: Gaussian pixel noise added while training (in [-1,1] units), so that
             small generator artefacts do not throw the readings off.
         num_threads: torch CPU threads while training (restored afterwards); None leaves the
@@ -304,20 +429,23 @@ def train_oracle(
         ``(oracle in eval mode on CPU, report)``; report has the :func:`evaluate_oracle`
         figures under ``"eval"`` (held-out speakers) and ``"train"`` (a subset of the training
         frames), plus ``"steps"``, ``"seconds"``, ``"n_train"``, ``"train_speakers"``,
-        ``"eval_speakers"``.
+        ``"eval_speakers"``, ``"config"``.
     """
     old_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _train(data, steps, batch_size, lr, seed, eval_data, eval_fraction, image_size,
-                      width, hidden, noise_std, device, log_every)
+        return _train(data, steps, batch_size, lr, seed, eval_data=eval_data,
+                      eval_fraction=eval_fraction, image_size=image_size, width=width,
+                      hidden=hidden, patch_width=patch_width, patches=patches,
+                      box_jitter=box_jitter, noise_std=noise_std, device=device,
+                      log_every=log_every)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _train(data, steps, batch_size, lr, seed, eval_data, eval_fraction, image_size, width,
-           hidden, noise_std, device, log_every) -> tuple[FactorOracle, dict[str, Any]]:
+def _train(data, steps, batch_size, lr, seed, *, eval_data, eval_fraction, image_size, width,
+           hidden, patch_width, patches, box_jitter, noise_std, device, log_every):
     if hasattr(data, "clips") and not isinstance(data, Mapping):
         world = data
         data = oracle_arrays_from_clips(world.clips("train"))
@@ -340,23 +468,32 @@ def _train(data, steps, batch_size, lr, seed, eval_data, eval_fraction, image_si
         eval_spk = sorted(int(s) for s in np.unique(eval_data["speaker"]))
 
     n = _check_arrays(data, FACTOR_DIMS, True)
+    has_boxes = "eye_boxes" in data and "mouth_box" in data
+    if patches is None:
+        patches = has_boxes
+    if patches and not has_boxes:
+        raise ValueError("patches=True needs 'eye_boxes' (N,2,4) and 'mouth_box' (N,4) in the data")
     images = _images_u8(data["images"])
     side = image_size or images.shape[-1]
-    targets = torch.cat([torch.as_tensor(np.asarray(data[k]), dtype=torch.float32).reshape(n, -1)
-                         for k in FACTOR_DIMS], 1)
+    cols = [torch.as_tensor(np.asarray(data[k]), dtype=torch.float32).reshape(n, -1)
+            for k in FACTOR_DIMS]
+    if patches:
+        cols.append(boxes_to_params(torch.as_tensor(np.asarray(data["eye_boxes"])),
+                                    torch.as_tensor(np.asarray(data["mouth_box"]))))
+    targets = torch.cat(cols, 1)
     labels = torch.as_tensor(np.asarray(data["emotion"])).long().reshape(-1)
     if int(labels.min()) < 0 or int(labels.max()) >= NUM_EMOTIONS:
         raise ValueError(f"emotion labels must lie in [0, {NUM_EMOTIONS})")
 
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # initialisation
-    oracle = FactorOracle(side, width=width, hidden=hidden).to(device)
+    oracle = FactorOracle(side, width=width, hidden=hidden, patches=patches,
+                          patch_width=patch_width).to(device)
     mean, std = targets.mean(0), targets.std(0)
     # A factor constant in the training set (e.g. no blinks) keeps unit scale instead of 0.
     oracle.target_mean.copy_(mean)
     oracle.target_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
     z_targets = (targets - mean) / oracle.target_std.cpu()
-    n_reg = targets.shape[1]
 
     opt = torch.optim.AdamW(oracle.parameters(), lr=lr, weight_decay=1e-4)
     warm = max(1, steps // 20)
@@ -373,10 +510,16 @@ def _train(data, steps, batch_size, lr, seed, eval_data, eval_fraction, image_si
         x = _to_model_input(images[idx], side)
         if noise_std > 0:
             x = x + noise_std * torch.randn(x.shape, generator=gen)
-        x = x.to(device)
-        raw = oracle.raw(x)
-        loss = F.mse_loss(raw[:, :n_reg], z_targets[idx].to(device))
-        loss = loss + F.cross_entropy(raw[:, n_reg:], labels[idx].to(device))
+        boxes = None
+        if patches:
+            boxes = targets[idx, 14:].reshape(-1, 3, 4).clone()
+            size = boxes[..., 2:]
+            boxes[..., :2] += box_jitter * size * torch.randn(size.shape, generator=gen)
+            boxes[..., 2:] *= torch.exp(box_jitter * torch.randn(size.shape, generator=gen))
+            boxes = boxes.reshape(-1, 12).to(device)
+        z, logits = oracle.raw(x.to(device), boxes)
+        loss = F.mse_loss(z, z_targets[idx].to(device))
+        loss = loss + F.cross_entropy(logits, labels[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -391,7 +534,8 @@ def _train(data, steps, batch_size, lr, seed, eval_data, eval_fraction, image_si
     sub = rng.choice(n, min(n, 2000), replace=False)
     report: dict[str, Any] = {
         "steps": steps, "batch_size": batch_size, "seconds": round(seconds, 1), "n_train": n,
-        "image_size": side, "train_speakers": train_spk, "eval_speakers": eval_spk,
+        "image_size": side, "config": dict(oracle.config),
+        "train_speakers": train_spk, "eval_speakers": eval_spk,
         "train": evaluate_oracle(oracle, {k: np.asarray(v)[sub] for k, v in data.items()}),
     }
     if eval_data is not None:

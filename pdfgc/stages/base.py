@@ -14,6 +14,7 @@ separate from training checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from pathlib import Path
@@ -43,6 +44,23 @@ EXPORT_FILES = {
 }
 NETWORKS_SIDECAR = "networks.yaml"
 STAGE_SIDECAR = "stage.yaml"
+
+
+@contextlib.contextmanager
+def params_frozen(module: nn.Module):
+    """Within the block, ``module`` passes gradients to its *inputs* but not to its parameters.
+
+    For consistency losses that re-encode a generated image: the encoder is the judge, and
+    letting the loss move the judge would let it collapse (a constant code satisfies them all).
+    """
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -145,6 +163,25 @@ class StageModule(pl.LightningModule):
             ema = getattr(self, f"{slot}_ema", None)
             out[slot] = ema.module if ema is not None else getattr(self, slot)
         return out
+
+    def train(self, mode: bool = True):
+        """Lightning switches the whole module to train mode at fit start, after validation and
+        on resume; frozen parts are put back to eval here each time (not in an epoch hook, which
+        a mid-epoch resume skips)."""
+        super().train(mode)
+        if mode:
+            self.keep_frozen_in_eval()
+        return self
+
+    def keep_frozen_in_eval(self) -> None:
+        """Put frozen sub-networks (and frozen batch norms) in eval mode; stages override."""
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Tell a resumable loader that one more batch reached the step (Lightning prefetches
+        # ahead, so the loader itself cannot know what a checkpoint has really consumed).
+        loader = self.trainer.train_dataloader if self._trainer is not None else None
+        if hasattr(loader, "mark_consumed"):
+            loader.mark_consumed()
 
     # ---- checkpoints ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

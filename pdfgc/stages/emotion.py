@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from pdfgc.losses import MemoryBank, VGGPerceptualLoss, decorrelation_loss, mouth_region_l1
 from pdfgc.networks.codes import compose_style
-from pdfgc.stages.base import EXPORT_FILES, StageModule, freeze, load_weights_file
+from pdfgc.stages.base import EXPORT_FILES, StageModule, freeze, load_weights_file, params_frozen
 from pdfgc.stages.ema import make_ema
 from pdfgc.stages.gan import GanStepMixin
 
@@ -92,7 +92,7 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         self.generator = self.build("generator")
         self.discriminator = self.build("discriminator")
         self.generator_ema = make_ema(self.generator, ema_decay)
-        self.perceptual = VGGPerceptualLoss(weights_path=vgg_weights)
+        self.perceptual = VGGPerceptualLoss(weights_path=vgg_weights) if self.wants("perceptual") else None
         freeze(self.motion)
         for name in self.trained_heads:
             getattr(self.motion, name).requires_grad_(True)
@@ -112,7 +112,7 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
             return True
         return super().init_slot_from_file(slot, directory)
 
-    def on_train_epoch_start(self) -> None:
+    def keep_frozen_in_eval(self) -> None:
         for net in (self.appearance, self.motion, self.audio):
             net.eval()
         for name in self.trained_heads:
@@ -149,8 +149,10 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         return generator(style, id_map)
 
     def lip_consistency(self, fake: torch.Tensor, audio_mouth: torch.Tensor) -> torch.Tensor:
-        _, _, _, mouth_feature = self.motion(fake)
-        visual = self.motion.mouth_code(mouth_feature)
+        # The lip reader judges G's lips; it must not learn from this loss (only G does).
+        with params_frozen(self.motion):
+            _, _, _, mouth_feature = self.motion(fake)
+            visual = self.motion.mouth_code(mouth_feature)
         return (1 - F.cosine_similarity(visual, audio_mouth.detach(), dim=1)).mean()
 
     # ---- steps ----------------------------------------------------------------------------
@@ -162,13 +164,12 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         d_loss = self.discriminator_step(target, fake)
 
         def losses():
-            terms = self.generator_adversarial(target, fake)
-            terms["perceptual"] = self.perceptual(fake, target)
-            terms["l1"] = F.l1_loss(fake, target)
-            terms["mouth_l1"] = mouth_region_l1(fake, target)
-            terms["lip_consistency"] = self.lip_consistency(fake, codes["mouth"])
-            terms["decorrelation"] = decorrelation_loss(
-                codes["emotion"], codes["audio_window"], self.exp_bank, self.audio_bank)
+            terms = {**self.generator_adversarial(target, fake), **self.reconstruction_terms(fake, target)}
+            if self.wants("lip_consistency"):
+                terms["lip_consistency"] = self.lip_consistency(fake, codes["mouth"])
+            if self.wants("decorrelation"):
+                terms["decorrelation"] = decorrelation_loss(
+                    codes["emotion"], codes["audio_window"], self.exp_bank, self.audio_bank)
             return terms
 
         terms = self.generator_step(losses)

@@ -8,8 +8,8 @@ Three heads on f_mot (paper Fig. 2, middle), the E_mot backbone frozen:
 * pose: L1 regression of the 6-d pose head to the per-frame pose labels of the data;
 * eye: the triplet contrastive loss whose anchor is the negative frame with the positive
   frame's eye strip pasted in (anchor and positive share only the eyes), plus an optional
-  openness term that ties the release's blink dims (0, 1, 4, 5) to per-eye openness when
-  the data provides it (SynthTalk ground truth; eye aspect ratio of landmarks on real data),
+  openness term that regresses each of the release's blink dims (0, 1 -> one eye; 4, 5 ->
+  the other) to that eye's openness when the data provides it (SynthTalk ground truth; eye aspect ratio of landmarks on real data),
   so blink and gaze live in the dims the release's masks expect.
 """
 
@@ -62,8 +62,8 @@ class FineMotionStage(StageModule):
         for name in self.trained_heads:
             getattr(self.motion, name).requires_grad_(True)
 
-    def on_train_epoch_start(self) -> None:
-        self.motion.eval()  # frozen backbone BN; the heads' BN1d are re-enabled below
+    def keep_frozen_in_eval(self) -> None:
+        self.motion.eval()  # frozen backbone (BN statistics, dropout); the trained heads train
         for name in self.trained_heads:
             getattr(self.motion, name).train()
 
@@ -90,10 +90,11 @@ class FineMotionStage(StageModule):
         anchor, positive, negative = eyes.chunk(3)
         terms["eye"] = eye_triplet_loss(anchor, positive, negative, temperature=self.eye_temperature)
         if "eye_open" in batch and self.loss_weights.get("eye_openness", 0.0):
+            # Two dims per eye carry blink in the release (0, 1 and 4, 5): regress each to its
+            # eye's openness, so blink dims hold nothing else and gaze must live in dims 2-3.
             blink = positive[:, list(BLINK_DIMS)]
-            # Two dims per eye carry blink in the release: tie their mean to that eye's openness.
-            per_eye = torch.stack([blink[:, :2].mean(1), blink[:, 2:].mean(1)], dim=1)
-            terms["eye_openness"] = F.l1_loss(per_eye, batch["eye_open"].to(per_eye.dtype))
+            target = batch["eye_open"].to(blink.dtype).repeat_interleave(2, dim=1)
+            terms["eye_openness"] = F.l1_loss(blink, target)
         total = sum(self.loss_weights.get(k, 0.0) * v for k, v in terms.items() if not k.endswith("accuracy"))
         terms["total"] = total
         return terms

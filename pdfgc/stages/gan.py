@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-from pdfgc.losses import discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss
+from pdfgc.losses import (EYE_STRIP, discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss,
+                          mouth_region_l1)
 
 
 class GanStepMixin:
     """One discriminator step then one generator step per batch, as the release's trainers.
 
-    The subclass provides ``self.discriminator``, two optimisers from ``configure_optimizers``
-    (generator side first) and ``self.loss_weights`` with ``gan``, ``feature_matching``.
+    The subclass provides ``self.discriminator``, ``self.perceptual``, two optimisers from
+    ``configure_optimizers`` (generator side first) and ``self.loss_weights``; a term whose
+    weight is 0 is not computed at all (the CPU configurations skip the VGG19 this way).
     ``manual_backward`` keeps Lightning's AMP scaler working under 16-mixed.
     """
 
@@ -30,23 +33,42 @@ class GanStepMixin:
         self.untoggle_optimizer(opt_d)
         return d_loss.detach()
 
+    def wants(self, name: str) -> bool:
+        """Whether loss term ``name`` has a non-zero weight (terms at weight 0 are not computed)."""
+        return self.loss_weights.get(name, 0.0) != 0.0
+
     def generator_adversarial(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
         """Hinge adversarial and feature-matching terms for the generator side."""
+        terms: dict[str, torch.Tensor] = {}
+        if not (self.wants("gan") or self.wants("feature_matching")):
+            return terms
         fake_out = self.discriminator(fake)
-        with torch.no_grad():
-            real_out = self.discriminator(real)
-        return {
-            "gan": generator_hinge_loss(fake_out),
-            "feature_matching": feature_matching_loss(real_out, fake_out),
-        }
+        terms["gan"] = generator_hinge_loss(fake_out)
+        if self.wants("feature_matching"):
+            with torch.no_grad():
+                real_out = self.discriminator(real)
+            terms["feature_matching"] = feature_matching_loss(real_out, fake_out)
+        return terms
+
+    def reconstruction_terms(self, fake: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Image terms shared by the GAN stages: VGG19 perceptual, pixel L1, region L1s."""
+        terms: dict[str, torch.Tensor] = {}
+        if self.wants("perceptual"):
+            terms["perceptual"] = self.perceptual(fake, target)
+        if self.wants("l1"):
+            terms["l1"] = F.l1_loss(fake, target)
+        if self.wants("mouth_l1"):
+            terms["mouth_l1"] = mouth_region_l1(fake, target)
+        if self.wants("eye_l1"):
+            terms["eye_l1"] = mouth_region_l1(fake, target, mouth_box=EYE_STRIP)
+        return terms
 
     def generator_step(self, compute_losses: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Run ``compute_losses`` with the generator optimiser toggled; weight, sum, step."""
         opt_g, _ = self.optimizers()
         self.toggle_optimizer(opt_g)
         terms = compute_losses()
-        total = sum(self.loss_weights[name] * value for name, value in terms.items()
-                    if self.loss_weights.get(name, 0.0) != 0.0)
+        total = sum(self.loss_weights[name] * value for name, value in terms.items() if self.wants(name))
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(total)
         self.clip_gradients(opt_g, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")

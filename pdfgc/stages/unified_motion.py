@@ -8,7 +8,9 @@ hinge GAN (multi-scale D), D feature matching, VGG19 perceptual, and L_mot.
 
 L_mot is not defined by any public source; ours is a motion-consistency term: the unified
 motion feature re-extracted from the generated frame must equal the one that drove it,
-``|E_mot(G0(.)) - sg(f_mot)|_1``, so G0 cannot ignore or distort the motion it is given.
+``|E_mot(G0(.)) - sg(f_mot)|_1``, so G0 cannot ignore or distort the motion it is given. The
+gradient reaches G0 only: if it could move E_mot, a constant motion feature would satisfy it
+(we saw exactly that collapse within 30 steps).
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from pdfgc.losses import VGGPerceptualLoss
+from pdfgc.losses import EYE_STRIP, VGGPerceptualLoss, mouth_region_l1
 from pdfgc.networks.codes import ID_DIM
 from pdfgc.stages.augment import DriverAugment
-from pdfgc.stages.base import StageModule, freeze
+from pdfgc.stages.base import StageModule, params_frozen
 from pdfgc.stages.ema import make_ema
 from pdfgc.stages.gan import GanStepMixin
 
@@ -60,13 +62,14 @@ class UnifiedMotionStage(GanStepMixin, StageModule):
         self.discriminator = self.build("discriminator")
         self.generator0_ema = make_ema(self.generator0, ema_decay)
         self.augment = DriverAugment(**(augment or {}))
-        self.perceptual = VGGPerceptualLoss(weights_path=vgg_weights)
+        # Built only when used: the VGG19 is the costliest part of a CPU step.
+        self.perceptual = VGGPerceptualLoss(weights_path=vgg_weights) if self.wants("perceptual") else None
         self.freeze_appearance_bn = freeze_appearance_bn
 
-    def on_train_epoch_start(self) -> None:
+    def keep_frozen_in_eval(self) -> None:
         # The release fixes E_app's batch norm (`fix_bn`): its statistics come from the
         # identity pre-training and must not drift with small GAN batches.
-        if self.freeze_appearance_bn:
+        if getattr(self, "freeze_appearance_bn", False):
             for m in self.appearance.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()
@@ -88,10 +91,10 @@ class UnifiedMotionStage(GanStepMixin, StageModule):
         d_loss = self.discriminator_step(driver, fake)
 
         def losses():
-            terms = self.generator_adversarial(driver, fake)
-            terms["perceptual"] = self.perceptual(fake, driver)
-            terms["l1"] = F.l1_loss(fake, driver)
-            terms["motion"] = F.l1_loss(self.motion.unified(fake), f_mot.detach())
+            terms = {**self.generator_adversarial(driver, fake), **self.reconstruction_terms(fake, driver)}
+            if self.wants("motion"):
+                with params_frozen(self.motion):
+                    terms["motion"] = F.l1_loss(self.motion.unified(fake), f_mot.detach())
             return terms
 
         terms = self.generator_step(losses)
@@ -103,7 +106,8 @@ class UnifiedMotionStage(GanStepMixin, StageModule):
     def validation_step(self, batch, batch_idx):
         fake, _ = self.reconstruct(batch["source"], batch["driver"], generator=self.generator0_ema.module)
         self.log("val/l1", F.l1_loss(fake, batch["driver"]), prog_bar=True, sync_dist=True)
-        self.log("val/perceptual", self.perceptual(fake, batch["driver"]), sync_dist=True)
+        self.log("val/eye_l1", mouth_region_l1(fake, batch["driver"], mouth_box=EYE_STRIP), sync_dist=True)
+        self.log("val/mouth_l1", mouth_region_l1(fake, batch["driver"]), sync_dist=True)
 
     def sample_rows(self, batch) -> dict[str, torch.Tensor]:
         """Rows of the sample grid: source, driver, augmented driver, EMA reconstruction."""

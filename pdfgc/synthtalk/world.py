@@ -28,7 +28,7 @@ from pdfgc.synthtalk.clips import Clip, render_clip
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
-CACHE_VERSION = 1  # bump when rendering changes, so stale caches are not reused
+CACHE_VERSION = 2  # bump when rendering changes, so stale caches are not reused
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,12 @@ class ClipPool:
 
     ``images (C, F, S, S, 3)`` uint8 after the official crop, ``windows (C, F, 1, 80, 20)``
     float32 (``frame_windows``), ground truth ``(C, F, ...)``, ``emotion (C,)``,
-    ``eye_boxes (C, F, 2, 4)`` in cropped-frame pixels, ``speakers``/``clips (C,)``.
+    ``eye_boxes (C, F, 2, 4)`` and ``mouth_box (C, F, 4)`` in cropped-frame pixels,
+    ``speakers``/``clips (C,)``.
     """
 
     ARRAYS = ("images", "windows", "pose", "gaze", "blink", "mouth", "mouth_drawn", "emotion_intensity",
-              "emotion", "eye_boxes", "speakers", "clips")
+              "emotion", "eye_boxes", "mouth_box", "speakers", "clips")
 
     def __init__(self, arrays: dict[str, np.ndarray]):
         missing = [k for k in self.ARRAYS if k not in arrays]
@@ -122,6 +123,7 @@ class ClipPool:
             "windows": np.stack([audio_fe.frame_windows(c.mel, c.num_frames).numpy() for c in clips]),
             "emotion": np.array([c.emotion for c in clips], np.int64),
             "eye_boxes": np.stack([crop_boxes(c.eye_boxes, image_size) for c in clips]),
+            "mouth_box": np.stack([crop_boxes(c.mouth_box, image_size) for c in clips]),
             "speakers": np.array([c.speaker for c in clips], np.int64),
             "clips": np.array([c.clip for c in clips], np.int64),
         }

@@ -1,0 +1,1 @@
+"""Evaluation protocols behind ``evaluate.py`` (SynthTalk disentanglement and control)."""

@@ -1,0 +1,52 @@
+"""The evaluation task behind ``evaluate.py``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from pdfgc.evaluation.networks import load_eval_networks
+from pdfgc.evaluation.oracle_cache import get_oracle
+from pdfgc.evaluation.synthtalk import evaluate_synthtalk
+from pdfgc.metrics import write_report
+
+log = logging.getLogger("pdfgc.evaluate")
+
+
+def run(cfg: DictConfig) -> dict:
+    """Evaluate ``cfg.checkpoint`` on SynthTalk's held-out speakers; returns the flat metrics."""
+    torch.manual_seed(int(cfg.seed))
+    out_dir = Path(cfg.output_dir)
+    nets = load_eval_networks(cfg.checkpoint, networks=cfg.networks, device=cfg.device)
+    dm = hydra.utils.instantiate(cfg.data, image_size=nets.image_size)  # data at the networks' side
+    test_pool = dm.pool("test")
+    cache = Path(dm.cache_dir or out_dir) / f"oracle_{dm.world.cache_key('train')}.pt"
+    oracle, oracle_report = get_oracle(cfg.oracle.path, cache, dm.pool("train") if not cfg.oracle.path else None,
+                                       test_pool, int(cfg.oracle.steps), int(cfg.oracle.batch_size), int(cfg.seed))
+    with torch.inference_mode():
+        metrics, result, details = evaluate_synthtalk(nets, test_pool, oracle, emotion_window=int(cfg.emotion_window),
+                                                      num_pairs=int(cfg.num_pairs), probe_seed=int(cfg.seed))
+    for key, value in _flat_oracle_report(oracle_report).items():
+        metrics[f"synthtalk/oracle/{key}"] = value
+    for factor, ok in details["control_passed"].items():
+        metrics[f"synthtalk/control/{factor}/passed"] = float(ok)
+    write_report(out_dir, metrics, result)
+    log.info("\n%s", result)
+    print(f"report: {out_dir / 'metrics.json'}")
+    return metrics
+
+
+def _flat_oracle_report(report: dict) -> dict[str, float]:
+    out = {}
+    for key, value in (report or {}).items():
+        if isinstance(value, (int, float)):
+            out[key] = float(value)
+        elif isinstance(value, dict):
+            for k2, v2 in value.items():
+                if isinstance(v2, (int, float)):
+                    out[f"{key}/{k2}"] = float(v2)
+    return out

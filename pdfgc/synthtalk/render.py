@@ -1,0 +1,359 @@
+"""Procedural, anti-aliased renderer of SynthTalk faces (numpy, vectorised over frames).
+
+The head is an ellipsoid (half-axes A = 1, B, C in head units) rotated by the pose and
+projected orthographically: every pixel inside the silhouette is ray-cast onto the front
+surface, which gives its head-frame coordinates (u, v, w) (x right, y down, z out of the face)
+and its normal. Skin, hair, ears, brows, eyes and mouth are painted as 2-D shapes in (u, v)
+*on the surface*, so turning the head foreshortens them, slides them toward the turned side and
+hides the far side of the face, the way a real head does; the nose tip sticks out of the
+surface and moves more than the surface (parallax). Lambert shading from the speaker's light
+completes the pseudo-3-D look.
+
+Anti-aliasing: every shape is an implicit function d (< 0 inside); its coverage of a pixel is
+``clip(0.5 - d / |grad d|, 0, 1)`` with the gradient taken in screen space by finite
+differences (the ``fwidth`` trick of shaders), so edges are smooth at any size and under any
+foreshortening.
+
+Frames are *aligned frames* (before the official crop, as stored on disk): with a frontal
+neutral pose the eyes and mouth sit on the PC-AVS template (see ``identity``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import identity as idm
+from .identity import Identity
+from .motion import effect
+
+EYEBALL_RADIUS = 0.2  # head units: gaze angle g moves the iris by EYEBALL_RADIUS * sin(g)
+MOUTH_MAX_GAP = 0.17  # head units: lip gap (half of it above, see _mouth) at opening 1
+MOUTH_WIDTH_GAIN = 0.25  # relative change of the mouth half-width per unit of width
+
+
+# --- small helpers ----------------------------------------------------------------------
+
+
+def _aa(d: np.ndarray) -> np.ndarray:
+    """Anti-aliased coverage of the region ``d < 0`` (B, H, W) -> (B, H, W) in [0, 1]."""
+    gx = np.empty_like(d)
+    gy = np.empty_like(d)
+    np.subtract(d[..., 2:], d[..., :-2], out=gx[..., 1:-1])
+    gx[..., 1:-1] *= 0.5
+    gx[..., 0] = d[..., 1] - d[..., 0]
+    gx[..., -1] = d[..., -1] - d[..., -2]
+    np.subtract(d[..., 2:, :], d[..., :-2, :], out=gy[..., 1:-1, :])
+    gy[..., 1:-1, :] *= 0.5
+    gy[..., 0, :] = d[..., 1, :] - d[..., 0, :]
+    gy[..., -1, :] = d[..., -1, :] - d[..., -2, :]
+    g = np.sqrt(gx * gx + gy * gy)
+    np.maximum(g, 1e-6, out=g)
+    out = np.divide(d, g, out=g)
+    np.subtract(0.5, out, out=out)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _over(img: np.ndarray, alpha: np.ndarray, color) -> None:
+    """In place: ``img = img + alpha * (color - img)``; img (B,H,W,3), alpha (B,H,W)."""
+    img += alpha[..., None] * (np.asarray(color, np.float32) - img)
+
+
+def _seg(x, y, ax, ay, bx, by):
+    """Distance to segment a-b and the position h in [0, 1] of the nearest point."""
+    pax, pay = x - ax, y - ay
+    bax, bay = bx - ax, by - ay
+    h = np.clip((pax * bax + pay * bay) / (bax * bax + bay * bay + 1e-12), 0.0, 1.0)
+    return np.hypot(pax - bax * h, pay - bay * h), h
+
+
+def _col(x) -> np.ndarray:
+    """(B,) -> (B, 1, 1) float32 for broadcasting against (B, H, W)."""
+    return np.asarray(x, np.float32).reshape(-1, 1, 1)
+
+
+def rotation(pose: np.ndarray) -> np.ndarray:
+    """Head-to-camera rotations ``(B, 3, 3)`` = Rz(roll) Ry(yaw) Rx(pitch) from pose ``(B, 6)``."""
+    pose = np.asarray(pose, np.float64)
+    yaw, pitch, roll = pose[:, 0], pose[:, 1], pose[:, 2]
+    cy, sy, cp, sp, cr, sr = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
+    one, zero = np.ones_like(yaw), np.zeros_like(yaw)
+    rx = np.stack([np.stack([one, zero, zero], -1), np.stack([zero, cp, -sp], -1), np.stack([zero, sp, cp], -1)], -2)
+    ry = np.stack([np.stack([cy, zero, sy], -1), np.stack([zero, one, zero], -1), np.stack([-sy, zero, cy], -1)], -2)
+    rz = np.stack([np.stack([cr, -sr, zero], -1), np.stack([sr, cr, zero], -1), np.stack([zero, zero, one], -1)], -2)
+    # x' = x cos(yaw) + z sin(yaw): the nose (0, 0, 1) goes to +x for yaw > 0 (see motion.py).
+    return (rz @ ry @ rx).astype(np.float64)
+
+
+def placement(ident: Identity, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per frame: head scale ``s`` (sides per head unit) and centre ``(cx, cy)`` in sides."""
+    pose = np.asarray(pose, np.float64)
+    s = ident.unit * np.exp(pose[:, 5])
+    return s, ident.center[0] + pose[:, 3], ident.center[1] + pose[:, 4]
+
+
+def surface_w(ident: Identity, u, v) -> np.ndarray:
+    """Depth w of the ellipsoid's front surface at head coordinates (u, v)."""
+    r = 1.0 - np.square(u) - np.square(np.asarray(v) / ident.head_b)
+    return ident.head_c * np.sqrt(np.maximum(r, 0.0))
+
+
+def project(ident: Identity, pose: np.ndarray, points: np.ndarray, size: int) -> np.ndarray:
+    """Pixel coordinates ``(B, P, 2)`` (x, y; pixel centres at +0.5) of head points ``(B or 1, P, 3)``."""
+    R = rotation(pose)
+    s, cx, cy = placement(ident, pose)
+    cam = np.einsum("bij,bpj->bpi", R, np.broadcast_to(points, (len(R),) + points.shape[-2:]))
+    x = (cx[:, None] + s[:, None] * cam[..., 0]) * size
+    y = (cy[:, None] + s[:, None] * cam[..., 1]) * size
+    return np.stack([x, y], -1)
+
+
+def compose_mouth(mouth: np.ndarray, effects: np.ndarray) -> np.ndarray:
+    """Drawn mouth ``(B, 2)`` = (opening, width) from speech ``(B, 2)`` and emotion effects.
+
+    Emotion and speech interact: ``open_gain`` scales the speech opening (pressed lips),
+    ``mouth_open`` adds a jaw drop, ``mouth_width`` adds to the width (happy spreads).
+    """
+    mouth = np.asarray(mouth, np.float32)
+    op = mouth[:, 0] * (1.0 + effect(effects, "open_gain")) + effect(effects, "mouth_open")
+    wd = mouth[:, 1] + effect(effects, "mouth_width")
+    return np.stack([np.clip(op, 0.0, 1.3), np.clip(wd, -1.6, 2.0)], -1).astype(np.float32)
+
+
+# --- feature boxes ----------------------------------------------------------------------
+
+
+def eye_boxes(ident: Identity, pose: np.ndarray, size: int, margin: float = 0.04) -> np.ndarray:
+    """Boxes ``(B, 2, 4)`` (x0, y0, x1, y1 in pixels of the aligned frame) of eye 0 and eye 1.
+
+    Each box holds the widest possible opening (surprise) plus ``margin`` head units, lashes
+    included; it does not depend on gaze, blink or emotion.
+    """
+    out = []
+    ht = ident.eye_top * 1.6 + margin
+    for sgn in (-1.0, 1.0):
+        ex = sgn * ident.eye_x
+        uu = np.array([ex - ident.eye_w - margin, ex + ident.eye_w + margin, ex, ex, ex - ident.eye_w, ex + ident.eye_w])
+        vv = np.array([0, 0, -ht, ident.eye_bottom + margin, -ht * 0.6, -ht * 0.6]) + ident.eye_y
+        pts = np.stack([uu, vv, surface_w(ident, uu, vv)], -1)[None]
+        px = project(ident, pose, pts, size)
+        out.append(np.concatenate([px.min(1), px.max(1)], -1))
+    return np.stack(out, 1).astype(np.float32)
+
+
+def mouth_box(ident: Identity, pose: np.ndarray, size: int) -> np.ndarray:
+    """Box ``(B, 4)`` in pixels holding the mouth at any opening, width and emotion."""
+    w = ident.mouth_w * (1.0 + MOUTH_WIDTH_GAIN * 2.0) + 0.04
+    uu = np.array([-w, w, 0.0, 0.0, -w, w])
+    vv = ident.mouth_y + np.array([0.0, 0.0, -0.25, 0.35, 0.3, 0.3])
+    pts = np.stack([uu, vv, surface_w(ident, uu, vv)], -1)[None]
+    px = project(ident, pose, pts, size)
+    return np.concatenate([px.min(1), px.max(1)], -1).astype(np.float32)
+
+
+# --- the renderer -----------------------------------------------------------------------
+
+
+def background(ident: Identity, size: int) -> np.ndarray:
+    """Static background ``(H, W, 3)`` float32: vertical gradient and a soft light blob."""
+    y = ((np.arange(size, dtype=np.float32) + 0.5) / size)[:, None, None]
+    x = ((np.arange(size, dtype=np.float32) + 0.5) / size)[None, :, None]
+    img = ident.bg_top * (1 - y) + ident.bg_bottom * y
+    d2 = (x - ident.bg_blob_pos[0]) ** 2 + (y - ident.bg_blob_pos[1]) ** 2
+    img = img + 0.6 * np.exp(-d2 / ident.bg_blob_radius ** 2) * (ident.bg_blob - img)
+    return img.astype(np.float32)
+
+
+def _silhouette(qx, qy, R, offset, radii):
+    """Implicit function (< 0 inside) of the projected silhouette of an ellipsoid given in head
+    coordinates (centre ``offset``, half-axes ``radii``), and the head-frame point of the ray at
+    camera depth 0 (used for masks)."""
+    D = 1.0 / np.square(np.asarray(radii, np.float32))
+    p0 = [(_col(R[:, 0, k]) * qx + _col(R[:, 1, k]) * qy) - offset[k] for k in range(3)]
+    r = [_col(R[:, 2, k]) for k in range(3)]
+    a = sum(r[k] * r[k] * D[k] for k in range(3))
+    b = sum(p0[k] * r[k] * D[k] for k in range(3))
+    c = sum(p0[k] * p0[k] * D[k] for k in range(3))
+    g = np.sqrt(np.maximum(c - b * b / a, 0.0)) - 1.0
+    return g, p0, r, a, b, c - 1.0
+
+
+def render(ident: Identity, pose: np.ndarray, gaze: np.ndarray, blink: np.ndarray,
+           mouth: np.ndarray, effects: np.ndarray, size: int) -> np.ndarray:
+    """Render frames ``(B, size, size, 3)`` uint8.
+
+    Args:
+        ident: the speaker.
+        pose: ``(B, 6)`` pose labels (motion.py conventions).
+        gaze: ``(B, 4)`` radians; blink: ``(B, 2)`` closure in [0, 1].
+        mouth: ``(B, 2)`` *drawn* (opening, width), i.e. after ``compose_mouth``.
+        effects: ``(B, E)`` emotion effects (``motion.emotion_effects``).
+        size: side of the aligned frame in pixels.
+    """
+    pose = np.asarray(pose, np.float32)
+    B = len(pose)
+    f32 = np.float32
+    R = rotation(pose)
+    s, cx, cy = placement(ident, pose)
+    grid = (np.arange(size, dtype=f32) + 0.5) / size
+    qx = (grid[None, None, :] - _col(cx)) / _col(s)  # screen coords in head units, (B,1,W)
+    qy = (grid[None, :, None] - _col(cy)) / _col(s)  # (B,H,1)
+    qx, qy = np.broadcast_arrays(qx, qy)
+    qx, qy = qx.astype(f32), qy.astype(f32)
+    Bh, Ch = ident.head_b, ident.head_c
+    ex = lambda name: _col(effect(effects, name))  # noqa: E731
+
+    img = np.broadcast_to(background(ident, size), (B, size, size, 3)).copy()
+
+    # Behind the head: long hair mass, clothes, neck.
+    if ident.hair_long:
+        g, p0, *_ = _silhouette(qx, qy, R, (0.0, 0.55, -0.2), (1.25, Bh * 1.3, Ch * 1.1))
+        _over(img, _aa(np.maximum(g, -0.3 - p0[1])), ident.hair * 0.8)
+    neck_top = project(ident, pose, np.array([[[0.0, 0.75 * Bh, -0.25 * Ch]]]), size)[:, 0] / size
+    nx, ny = _col(neck_top[:, 0]), _col(neck_top[:, 1])
+    X = grid[None, None, :] + np.zeros((B, size, 1), f32)
+    Y = grid[None, :, None] + np.zeros((B, 1, size), f32)
+    hw = f32(0.5 * ident.unit)
+    d_neck = np.maximum(np.abs(X - nx) - hw, ny - Y)
+    neck_shade = 0.62 + 0.25 * np.clip(1.0 - ((X - nx) / hw) ** 2, 0, 1)
+    _over(img, _aa(d_neck), ident.skin * neck_shade[..., None])
+    ccx = _col(ident.center[0] + 0.5 * pose[:, 3])
+    ccy = f32(ident.center[1] + (Bh + 0.95) * ident.unit)
+    d_ell = np.sqrt(((X - ccx) / (2.0 * ident.unit)) ** 2 + ((Y - ccy) / (0.75 * ident.unit)) ** 2) - 1.0
+    d_notch = (ccy - 0.2 * ident.unit - 1.3 * np.abs(X - ccx)) - Y
+    _over(img, _aa(np.maximum(d_ell, d_notch)), ident.clothes)
+
+    # Hair volume around the top of the head (drawn behind the head).
+    g, p0, *_ = _silhouette(qx, qy, R, (0.0, -0.06, -0.04), (1.07, Bh * 1.03, Ch * 1.07))
+    _over(img, _aa(np.maximum(g, p0[1] - 0.25)), ident.hair * 0.85)
+
+    # Ray-cast the head.
+    g, p0, r, a, b, c = _silhouette(qx, qy, R, (0.0, 0.0, 0.0), (1.0, Bh, Ch))
+    t = (-b + np.sqrt(np.maximum(b * b - a * c, 0.0))) / a
+    u, v, w = (p0[k] + t * r[k] for k in range(3))
+    jaw = np.sqrt(np.maximum(1.0 - (v / Bh) ** 2, 0.0)) * (
+        1.0 - ident.jaw_taper * np.clip((v - ident.jaw_start) / (Bh - ident.jaw_start), 0, 1) ** 1.5)
+    head_alpha = _aa(g) * _aa(np.abs(u) - jaw - 0.002)
+    # Lambert shading with the light expressed in head coordinates.
+    nrm = [u, v / Bh ** 2, w / Ch ** 2]
+    inv = 1.0 / np.sqrt(nrm[0] ** 2 + nrm[1] ** 2 + nrm[2] ** 2 + 1e-9)
+    Lh = np.einsum("bji,j->bi", R, ident.light.astype(np.float64))  # R^T L
+    ndl = (nrm[0] * _col(Lh[:, 0]) + nrm[1] * _col(Lh[:, 1]) + nrm[2] * _col(Lh[:, 2])) * inv
+    shade = 0.55 + 0.5 * np.clip(ndl, 0.0, 1.0)
+
+    alb = np.broadcast_to(ident.skin, (B, size, size, 3)).copy()
+    skin = ident.skin
+
+    # Forehead lines and the brow furrow (under the hair, which may cover them).
+    for k in range(3):
+        vl = ident.eye_y - ident.brow_gap - 0.16 - 0.08 * k + 0.03 * u * u
+        d = np.maximum(np.abs(v - vl) - 0.012, np.abs(u) - 0.3)
+        _over(alb, _aa(d) * np.clip(ex("forehead") * 0.5, 0, 1), skin * 0.72)
+    for sgn in (-1.0, 1.0):
+        d, _ = _seg(u, v, sgn * 0.045, ident.eye_y - ident.brow_gap - 0.02, sgn * 0.035, ident.eye_y - 0.12)
+        _over(alb, _aa(d - 0.012) * np.clip(ex("furrow") * 0.55, 0, 1), skin * 0.7)
+
+    # Hair on the head: front hairline (with an optional wavy fringe) and sides/back.
+    hl = ident.hairline + ident.hairline_curve * u * u + ident.fringe * np.sin(12.0 * u + ident.fringe_phase)
+    v_low = 1.6 if ident.hair_long else 0.35
+    d_hair = np.minimum(v - hl, np.maximum(w - ident.hair_side * Ch, v - v_low))
+    strands = 0.92 + 0.08 * np.sin(55.0 * u + 6.0 * np.sin(4.0 * v))
+    _over(alb, _aa(d_hair), ident.hair * strands[..., None])
+
+    # Ears (a ball around a side point of the surface), when the hair leaves them visible.
+    if ident.ears_visible:
+        for sgn in (-1.0, 1.0):
+            ue, ve = sgn * 0.965, ident.eye_y + 0.28
+            we = float(surface_w(ident, ue, ve)) - 0.05
+            d = np.sqrt(((u - ue) / 0.12) ** 2 + ((v - ve) / 0.25) ** 2 + ((w - we) / 0.22) ** 2)
+            _over(alb, _aa(d - 1.0), skin * 0.9)
+            _over(alb, _aa(d - 0.55) * 0.6, skin * 0.62)
+
+    # Brows: two-segment thick polylines (inner, arch, outer), tapering outward.
+    for sgn in (-1.0, 1.0):
+        by = ident.eye_y - ident.brow_gap
+        ix, iy = sgn * (ident.eye_x - 0.16 - ex("brow_inner_dx")), by + ex("brow_inner_dy")
+        ox, oy = sgn * (ident.eye_x + 0.21), by + 0.03 + ex("brow_outer_dy")
+        mx = sgn * (ident.eye_x + 0.03)
+        my = by - ident.brow_arch + 0.5 * (ex("brow_inner_dy") + ex("brow_outer_dy"))
+        d1, h1 = _seg(u, v, ix, iy, mx, my)
+        d2, h2 = _seg(u, v, mx, my, ox, oy)
+        d = np.minimum(d1 - ident.brow_thick * (1.15 - 0.2 * h1), d2 - ident.brow_thick * (0.95 - 0.45 * h2))
+        _over(alb, _aa(d), ident.brow)
+
+    # Eyes.
+    ht_all = ident.eye_top * (1.0 + ex("eye_open"))
+    hb_all = ident.eye_bottom * (1.0 - ex("lower_lid"))
+    for k, sgn in ((0, -1.0), (1, 1.0)):
+        ue, ve = u - sgn * ident.eye_x, v - ident.eye_y
+        prof = 1.0 - (ue / ident.eye_w) ** 2
+        bk = _col(blink[:, k])
+        yup = (-ht_all + bk * (ht_all + hb_all + 0.012)) * prof
+        ylo = hb_all * prof
+        a_open = _aa(np.maximum(yup - ve, ve - ylo))
+        # Socket shading and the lid crease above the eye.
+        crease = -(ident.eye_top + 0.05) * np.clip(prof, 0, 1) ** 0.8
+        _over(alb, _aa(np.maximum(np.abs(ve - crease) - 0.012, -prof)) * 0.35, skin * 0.6)
+        gx = EYEBALL_RADIUS * np.sin(_col(gaze[:, 2 * k]))
+        gy = EYEBALL_RADIUS * np.sin(_col(gaze[:, 2 * k + 1]))
+        sclera_shade = 0.82 + 0.18 * np.clip((ve - yup) / 0.06, 0, 1)  # shadow under the upper lid
+        _over(alb, a_open, idm.SCLERA * sclera_shade[..., None])
+        di = np.hypot(ue - gx, ve - gy)
+        _over(alb, a_open * _aa(di - ident.iris_r), ident.iris)
+        _over(alb, a_open * _aa(di - 0.45 * ident.iris_r), idm.PUPIL)
+        _over(alb, a_open * _aa(np.hypot(ue - gx + 0.3 * ident.iris_r, ve - gy + 0.3 * ident.iris_r)
+                                - 0.14 * ident.iris_r) * 0.8, (1.0, 1.0, 1.0))
+        lash = 0.022 * (0.35 + 0.65 * np.clip(prof, 0, 1))
+        _over(alb, _aa(np.maximum(np.abs(ve - yup) - lash, -prof)), idm.LASH)
+        _over(alb, _aa(np.maximum(np.abs(ve - ylo) - 0.01, -prof)) * 0.5, skin * 0.55)
+
+    # Nose: nostrils and wings on the surface, the ridge and the tip in screen space (parallax).
+    for sgn in (-1.0, 1.0):
+        d = np.hypot((u - sgn * 0.1) / 0.07, (v - ident.nose_y + 0.03) / 0.06) - 1.0
+        _over(alb, _aa(d) * 0.3, skin * 0.75)
+        d = np.hypot((u - sgn * 0.07) / 0.04, (v - ident.nose_y) / 0.022) - 1.0
+        _over(alb, _aa(d) * 0.85, skin * 0.3)
+    tip_v = ident.nose_y - 0.06
+    pts = np.array([[[0.0, ident.eye_y + 0.1, float(surface_w(ident, 0.0, ident.eye_y + 0.1)) + 0.02],
+                     [0.0, tip_v, float(surface_w(ident, 0.0, tip_v)) + ident.nose_len]]])
+    nose_px = project(ident, pose, pts, size) / size  # (B, 2, 2) in sides
+    nq = (nose_px - np.stack([cx, cy], -1)[:, None]) / s[:, None, None]  # head units, screen axes
+    d, _ = _seg(qx, qy, _col(nq[:, 0, 0]), _col(nq[:, 0, 1]), _col(nq[:, 1, 0]), _col(nq[:, 1, 1]))
+    _over(alb, _aa(d - 0.03) * 0.35, skin * 0.7)
+    d = np.hypot(qx - _col(nq[:, 1, 0]), qy - _col(nq[:, 1, 1]) - 0.035)
+    _over(alb, _aa(d - 0.075) * 0.35, skin * 0.7)
+    d = np.hypot(qx - _col(nq[:, 1, 0]), qy - _col(nq[:, 1, 1]))
+    _over(alb, _aa(d - 0.065) * 0.45, np.minimum(skin * 1.1, 1.0))
+    for k in range(2):
+        d = np.maximum(np.abs(v - (ident.eye_y + 0.13 + 0.05 * k)) - 0.01, np.abs(u) - 0.07)
+        _over(alb, _aa(d) * np.clip(ex("nose_wrinkle") * 0.6, 0, 1), skin * 0.65)
+
+    # Mouth: lips, interior, teeth, seam; corners and width carry the emotion.
+    op, wd = _col(mouth[:, 0]), _col(mouth[:, 1])
+    W = ident.mouth_w * (1.0 + MOUTH_WIDTH_GAIN * wd)
+    G = MOUTH_MAX_GAP * op
+    um, vm = u - ex("mouth_shift"), v - ident.mouth_y
+    sm = um / W
+    s2 = sm * sm
+    pp = np.clip(1.0 - s2, 0.0, 1.0) ** 0.7
+    line = s2 * (ex("corner_dy_left") * (1 - sm) * 0.5 + ex("corner_dy_right") * (1 + sm) * 0.5)
+    yui = line - 0.4 * G * pp - ex("upper_lip_raise") * pp
+    yli = line + 0.6 * G * pp
+    edge = np.abs(sm) - 1.0
+    yuo = yui - ident.lip_top * (0.3 + 0.7 * pp) + 0.015 * np.exp(-(sm / 0.12) ** 2)
+    ylo = yli + ident.lip_bottom * (0.3 + 0.7 * pp)
+    # Nasolabial folds from the nose wings to beyond the mouth corners (happy, disgust).
+    for sgn in (-1.0, 1.0):
+        d1, _ = _seg(u, v, sgn * 0.16, ident.nose_y - 0.02, sgn * (W + 0.1), ident.mouth_y - 0.05)
+        d2, _ = _seg(u, v, sgn * (W + 0.1), ident.mouth_y - 0.05, sgn * (W + 0.06), ident.mouth_y + 0.12)
+        _over(alb, _aa(np.minimum(d1, d2) - 0.015) * np.clip(ex("nasolabial") * 0.5, 0, 1), skin * 0.7)
+    _over(alb, _aa(np.maximum(np.maximum(yuo - vm, vm - ylo), edge * 0.1)), ident.lip)
+    a_in = _aa(np.maximum(np.maximum(yui - vm, vm - yli), edge * 0.1))
+    depth = np.clip((vm - yui) / (yli - yui + 1e-3), 0, 1)
+    _over(alb, a_in, idm.MOUTH_INTERIOR * (1.0 - 0.35 * np.abs(depth - 0.5))[..., None])
+    d_teeth = np.maximum(np.maximum(yui - vm, vm - (yui + np.minimum(0.05, 0.45 * (yli - yui)))), np.abs(sm) - 0.6)
+    _over(alb, a_in * _aa(d_teeth), idm.TEETH)
+    seam = np.maximum(np.abs(vm - 0.5 * (yui + yli)) - 0.011, edge * 0.1)
+    _over(alb, _aa(seam) * 0.85, ident.lip * 0.5)
+
+    _over(img, head_alpha, alb * shade[..., None])
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

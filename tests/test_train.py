@@ -1,0 +1,180 @@
+"""Training stages end to end on a tiny SynthTalk world (CPU)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from pdfgc.errors import PdfgcError
+from pdfgc.training import resolve_ckpt_path, run, train_stage
+
+from conftest import CONFIG_DIR, REPO_ROOT, compose_train
+
+EXPERIMENTS = sorted(str(p.relative_to(CONFIG_DIR / "experiment").with_suffix(""))
+                     for p in (CONFIG_DIR / "experiment").rglob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def world_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("synthtalk_cache")
+
+
+def tiny(cache: Path, callbacks: str = "~callbacks") -> list[str]:
+    """A 6-clip world (4 train, 2 held-out speakers), 1 s clips, batch 2; no callbacks by default."""
+    return ["data.num_speakers=4", "data.heldout_speakers=2", "data.clips_per_speaker=1",
+            "data.clip_seconds=1.0", f"data.cache_dir={cache}", "data.batch_size=2", "data.val_samples=2",
+            "data.render_workers=1", callbacks, "extras.print_config=false", "trainer.log_every_n_steps=1"]
+
+
+def build(cfg):
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, networks=OmegaConf.to_container(cfg.networks, resolve=True),
+                        _recursive_=False, _convert_="all")
+    return datamodule, model
+
+
+class Recorder(pl.Callback):
+    """Keeps the logged value of ``key`` after every training batch."""
+
+    def __init__(self, key: str) -> None:
+        self.key, self.values = key, []
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if self.key in trainer.callback_metrics:
+            self.values.append(float(trainer.callback_metrics[self.key]))
+
+
+def fit(cfg, model, datamodule, max_steps: int, callbacks=(), **kwargs) -> pl.Trainer:
+    trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                         callbacks=list(callbacks), **kwargs)
+    trainer.fit(model, datamodule=datamodule)
+    return trainer
+
+
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("synthtalk/")])
+def test_every_experiment_runs_one_fast_dev_run_step(experiment, tmp_path, world_cache):
+    cfg = compose_train([f"experiment={experiment}", *tiny(world_cache), "+trainer.fast_dev_run=true"], tmp_path)
+    result = run(cfg, overrides=[*tiny(world_cache), "+trainer.fast_dev_run=true"])
+    if cfg.get("stages"):
+        assert list(result["stages"]) == list(cfg.stages)
+        for stage in result["stages"].values():
+            assert stage["metrics"], "each chained stage logged metrics"
+    else:
+        assert any(k.startswith("train/") for k in result["metrics"])
+        assert all(torch.isfinite(torch.tensor(v)) for v in result["metrics"].values())
+
+
+@pytest.mark.parametrize("experiment,key,steps", [
+    ("synthtalk/stage1", "train/l1", 60),
+    ("synthtalk/stage2", "train/total", 30),
+    ("synthtalk/stage3", "train/l1", 60),
+])
+def test_each_stage_loss_goes_down_on_an_overfit_batch(experiment, key, steps, tmp_path, world_cache):
+    cfg = compose_train([f"experiment={experiment}", *tiny(world_cache), "model.optimizer.lr=2e-3"], tmp_path)
+    pl.seed_everything(0)
+    datamodule, model = build(cfg)
+    rec = Recorder(key)
+    fit(cfg, model, datamodule, steps, [rec], overfit_batches=1)
+    first, last = sum(rec.values[:3]) / 3, sum(rec.values[-3:]) / 3
+    assert last < 0.8 * first, f"{key}: {first:.4f} -> {last:.4f}"
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict, module: torch.nn.Module, prefix: str = "") -> list[str]:
+    return [k for k, v in module.state_dict().items()
+            if k.startswith(prefix) and v.dtype.is_floating_point and not torch.equal(before[k], v)]
+
+
+def test_stage2_trains_heads_and_audio_but_not_the_motion_backbone(tmp_path, world_cache):
+    cfg = compose_train(["experiment=synthtalk/stage2", *tiny(world_cache)], tmp_path)
+    datamodule, model = build(cfg)
+    motion, audio = snapshot(model.motion), snapshot(model.audio)
+    fit(cfg, model, datamodule, 3)
+    assert changed(motion, model.motion, "model.") == [], "the FAN backbone (incl. BN stats) is frozen"
+    for head in ("to_mouth", "to_headpose", "to_eye"):
+        assert changed(motion, model.motion, head), f"{head} trains"
+    assert changed(motion, model.motion, "to_emo") == [], "the emotion head waits for stage 3"
+    assert changed(audio, model.audio), "E_aud trains"
+
+
+def test_stage3_freezes_appearance_audio_and_motion_except_emotion(tmp_path, world_cache):
+    cfg = compose_train(["experiment=synthtalk/stage3", *tiny(world_cache)], tmp_path)
+    datamodule, model = build(cfg)
+    before = {name: snapshot(getattr(model, name)) for name in ("appearance", "audio", "motion", "generator")}
+    fit(cfg, model, datamodule, 4)
+    assert changed(before["appearance"], model.appearance) == []
+    assert changed(before["audio"], model.audio) == []
+    frozen_motion = [k for k in changed(before["motion"], model.motion) if not k.startswith(("to_emo", "emo_embed"))]
+    assert frozen_motion == [], f"frozen motion parts changed: {frozen_motion[:3]}"
+    assert changed(before["motion"], model.motion, "to_emo"), "the emotion head trains"
+    assert changed(before["generator"], model.generator), "G trains"
+
+
+def test_resume_from_last_checkpoint_continues_exactly(tmp_path, world_cache):
+    """Interrupted at step 2 and resumed to 4 == trained to 4 in one go (weights and optimiser)."""
+    common = ["experiment=synthtalk/stage2", *tiny(world_cache, callbacks="callbacks=model_checkpoint"),
+              "trainer.max_steps=4", "export=false", "callbacks.model_checkpoint.every_n_train_steps=1",
+              "trainer.val_check_interval=100"]
+    straight = compose_train(common, tmp_path / "straight")
+    train_stage(straight)
+    ref = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+
+    interrupted = compose_train([*common, "trainer.max_steps=2"], tmp_path / "resumed")
+    train_stage(interrupted)
+    resumed = compose_train([*common, "ckpt_path=last"], tmp_path / "resumed")
+    train_stage(resumed)
+    out = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert out["global_step"] == ref["global_step"] == 4
+    for key, value in ref["state_dict"].items():
+        assert torch.equal(value, out["state_dict"][key]), f"{key} differs after resume"
+
+
+def test_ckpt_path_last_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(PdfgcError, match="hydra.run.dir"):
+        resolve_ckpt_path("last", tmp_path)
+    with pytest.raises(PdfgcError, match="not found"):
+        resolve_ckpt_path(str(tmp_path / "nope.ckpt"), tmp_path)
+
+
+def test_stage_chain_initialises_from_the_previous_export(tmp_path, world_cache):
+    s1 = compose_train(["experiment=synthtalk/stage1", *tiny(world_cache), "trainer.max_steps=2",
+                        "trainer.val_check_interval=100"], tmp_path / "s1")
+    export1 = Path(train_stage(s1)["export_dir"])
+    assert {"appearance_model.pth", "motion_model.pth", "generator0_model.pth", "networks.yaml"} <= \
+        {p.name for p in export1.iterdir()}
+
+    s2 = compose_train(["experiment=synthtalk/stage2", *tiny(world_cache), f"init_from={export1}"], tmp_path / "s2")
+    _, stage2 = build(s2)
+    stage2.init_from_export(export1)
+    saved = torch.load(export1 / "motion_model.pth", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in stage2.motion.state_dict().items())
+
+    s3 = compose_train(["experiment=synthtalk/stage3", *tiny(world_cache)], tmp_path / "s3")
+    _, stage3 = build(s3)
+    loaded = stage3.init_from_export(export1)
+    assert "generator" in loaded
+    g0 = torch.load(export1 / "generator0_model.pth", weights_only=True)
+    g = stage3.generator.state_dict()
+    assert torch.equal(g["convs.0.conv.weight"], g0["convs.0.conv.weight"]), "conv weights carried over from G0"
+    key = "conv1.conv.modulation.weight"
+    assert torch.equal(g[key][:, :2048], g0[key][:, :2048]), "identity columns of the style input carried over"
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_trains_a_step(tmp_path, world_cache):
+    cmd = [sys.executable, "train.py", "experiment=synthtalk/stage2", "trainer=ddp_sim", "trainer.max_steps=2",
+           *tiny(world_cache), f"hydra.run.dir={tmp_path}", "~logger", "trainer.val_check_interval=100"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "export" / "motion_model.pth").exists()
