@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from pdfgc.checkpoints import OFFICIAL_FILES, read_state_dict
 from pdfgc.errors import PdfgcError
 from pdfgc.io import atomic_path, atomic_write_text
 
@@ -35,10 +36,7 @@ log = logging.getLogger(__name__)
 # stage-1 generator G0 (style 2048 + 512) and the discriminator are ours, kept so that a
 # later stage can start from them.
 EXPORT_FILES = {
-    "appearance": "appearance_model.pth",
-    "motion": "motion_model.pth",
-    "audio": "audio_model.pth",
-    "generator": "generator_model.pth",
+    **OFFICIAL_FILES,
     "generator0": "generator0_model.pth",
     "discriminator": "discriminator_model.pth",
 }
@@ -95,14 +93,8 @@ def stage_from_checkpoint(path: str | Path) -> "StageModule":
 
 
 def load_weights_file(module: nn.Module, path: Path) -> None:
-    """Load one exported ``*.pth`` state_dict into ``module`` (strict), with clear errors."""
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # corrupt / not a torch file
-        raise PdfgcError(f"cannot read weights file {path}: {exc.__class__.__name__}") from exc
-    if not isinstance(state, Mapping):
-        raise PdfgcError(f"{path} is not a state_dict (got {type(state).__name__})")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    """Load one exported ``*.pth`` state_dict into ``module`` strictly, with clear errors."""
+    state = read_state_dict(path)
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     if missing:

@@ -28,7 +28,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from pdfgc.losses import MemoryBank, VGGPerceptualLoss, decorrelation_loss, mouth_region_l1
+from pdfgc.losses import MemoryBank, decorrelation_loss, mouth_region_l1
 from pdfgc.networks.codes import compose_style
 from pdfgc.stages.base import EXPORT_FILES, StageModule, freeze, load_weights_file, params_frozen
 from pdfgc.stages.ema import make_ema
@@ -83,16 +83,13 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
     ) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
-        self.automatic_optimization = False
-        self.loss_weights = dict(loss_weights)
-        self.grad_clip = grad_clip
+        self.setup_gan(loss_weights, grad_clip, vgg_weights)
         self.appearance = freeze(self.build("appearance"))
         self.motion = self.build("motion")
         self.audio = freeze(self.build("audio"))
         self.generator = self.build("generator")
         self.discriminator = self.build("discriminator")
         self.generator_ema = make_ema(self.generator, ema_decay)
-        self.perceptual = VGGPerceptualLoss(weights_path=vgg_weights) if self.wants("perceptual") else None
         freeze(self.motion)
         for name in self.trained_heads:
             getattr(self.motion, name).requires_grad_(True)

@@ -7,20 +7,29 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from pdfgc.losses import (EYE_STRIP, discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss,
-                          mouth_region_l1)
+from pdfgc.losses import (EYE_STRIP, VGGPerceptualLoss, discriminator_hinge_loss, feature_matching_loss,
+                          generator_hinge_loss, mouth_region_l1)
 
 
 class GanStepMixin:
     """One discriminator step then one generator step per batch, as the release's trainers.
 
-    The subclass provides ``self.discriminator``, ``self.perceptual``, two optimisers from
-    ``configure_optimizers`` (generator side first) and ``self.loss_weights``; a term whose
-    weight is 0 is not computed at all (the CPU configurations skip the VGG19 this way).
+    The subclass calls :meth:`setup_gan` in its ``__init__`` and provides
+    ``self.discriminator`` and two optimisers from ``configure_optimizers`` (generator side
+    first); a term whose weight is 0 is not computed at all (the CPU configurations skip the
+    VGG19 this way).
     ``manual_backward`` keeps Lightning's AMP scaler working under 16-mixed.
     """
 
     grad_clip: float = 5.0
+
+    def setup_gan(self, loss_weights, grad_clip: float, vgg_weights: str | None) -> None:
+        """Manual optimisation, the loss weights, and the VGG19 only when its weight is non-zero."""
+        self.automatic_optimization = False
+        self.loss_weights = dict(loss_weights)
+        self.grad_clip = grad_clip
+        # The VGG19 is the costliest part of a CPU step: built only when used.
+        self.perceptual = VGGPerceptualLoss(weights_path=vgg_weights) if self.wants("perceptual") else None
 
     def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         _, opt_d = self.optimizers()

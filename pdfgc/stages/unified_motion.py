@@ -20,7 +20,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from pdfgc.losses import EYE_STRIP, VGGPerceptualLoss, mouth_region_l1
+from pdfgc.losses import EYE_STRIP, mouth_region_l1
 from pdfgc.networks.codes import ID_DIM
 from pdfgc.stages.augment import DriverAugment
 from pdfgc.stages.base import StageModule, params_frozen
@@ -53,17 +53,13 @@ class UnifiedMotionStage(GanStepMixin, StageModule):
     ) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
-        self.automatic_optimization = False
-        self.loss_weights = dict(loss_weights)
-        self.grad_clip = grad_clip
+        self.setup_gan(loss_weights, grad_clip, vgg_weights)
         self.appearance = self.build("appearance")
         self.motion = self.build("motion")
         self.generator0 = self.build("generator0", style_dim=ID_DIM + UNIFIED_DIM)
         self.discriminator = self.build("discriminator")
         self.generator0_ema = make_ema(self.generator0, ema_decay)
         self.augment = DriverAugment(**(augment or {}))
-        # Built only when used: the VGG19 is the costliest part of a CPU step.
-        self.perceptual = VGGPerceptualLoss(weights_path=vgg_weights) if self.wants("perceptual") else None
         self.freeze_appearance_bn = freeze_appearance_bn
 
     def keep_frozen_in_eval(self) -> None:
