@@ -150,7 +150,7 @@ def sample_identity(seed: int, speaker: int) -> Identity:
             break
     else:  # pragma: no cover - the palette makes this practically unreachable
         iris = np.array([0.15, 0.45, 0.85], np.float32)
-    lip = np.clip(0.55 * skin + 0.45 * np.array([0.70, 0.25, 0.28]), 0, 1).astype(np.float32) * 0.9
+    lip = np.clip(0.45 * skin + 0.55 * np.array([0.72, 0.22, 0.26]), 0, 1).astype(np.float32) * 0.85
     clothes = _hsv_to_rgb(u(0, 1), u(0.2, 0.8), u(0.2, 0.9))
     bg_h = u(0, 1)
     bg_top = _hsv_to_rgb(bg_h, u(0.05, 0.5), u(0.35, 0.95))

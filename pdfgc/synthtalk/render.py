@@ -27,8 +27,8 @@ from .identity import Identity
 from .motion import effect
 
 EYEBALL_RADIUS = 0.2  # head units: gaze angle g moves the iris by EYEBALL_RADIUS * sin(g)
-MOUTH_MAX_GAP = 0.17  # head units: lip gap (half of it above, see _mouth) at opening 1
-MOUTH_WIDTH_GAIN = 0.25  # relative change of the mouth half-width per unit of width
+MOUTH_MAX_GAP = 0.3  # head units: lip gap at opening 1 (40 % above, 60 % below the lip line), ~6 px at 64 px
+MOUTH_WIDTH_GAIN = 0.3  # relative change of the mouth half-width per unit of width
 
 
 # --- small helpers ----------------------------------------------------------------------
@@ -144,7 +144,7 @@ def mouth_box(ident: Identity, pose: np.ndarray, size: int) -> np.ndarray:
     """Box ``(B, 4)`` in pixels holding the mouth at any opening, width and emotion."""
     w = ident.mouth_w * (1.0 + MOUTH_WIDTH_GAIN * 2.0) + 0.04
     uu = np.array([-w, w, 0.0, 0.0, -w, w])
-    vv = ident.mouth_y + np.array([0.0, 0.0, -0.25, 0.35, 0.3, 0.3])
+    vv = ident.mouth_y + np.array([0.0, 0.0, -0.3, 0.45, 0.4, 0.4])
     pts = np.stack([uu, vv, surface_w(ident, uu, vv)], -1)[None]
     px = project(ident, pose, pts, size)
     return np.concatenate([px.min(1), px.max(1)], -1).astype(np.float32)
@@ -177,6 +177,35 @@ def _silhouette(qx, qy, R, offset, radii):
     return g, p0, r, a, b, c - 1.0
 
 
+def _window(ident: Identity, pose: np.ndarray, size: int, urange, vrange, margin: float = 3.0):
+    """Pixel window (y0, y1, x0, x1) holding the surface rectangle urange x vrange for every
+    frame of the batch (a 5x5 grid of its points projected, plus ``margin`` pixels)."""
+    uu, vv = np.meshgrid(np.linspace(*urange, 5), np.linspace(*vrange, 5))
+    uu, vv = uu.ravel(), vv.ravel()
+    pts = np.stack([uu, vv, surface_w(ident, uu, vv)], -1)[None]
+    px = project(ident, pose, pts, size).reshape(-1, 2)
+    x0, y0 = np.floor(px.min(0) - margin).astype(int)
+    x1, y1 = np.ceil(px.max(0) + margin).astype(int)
+    return max(y0, 0), min(y1, size), max(x0, 0), min(x1, size)
+
+
+class _Surface:
+    """Head-surface arrays restricted to a window, with views of the albedo to paint into."""
+
+    def __init__(self, u, v, w, qx, qy, alb):
+        self.u, self.v, self.w, self.qx, self.qy, self.alb = u, v, w, qx, qy, alb
+
+    def sub(self, win, origin):
+        y0, y1, x0, x1 = win
+        oy, ox = origin
+        sl = (slice(None), slice(max(y0 - oy, 0), max(y1 - oy, 0)), slice(max(x0 - ox, 0), max(x1 - ox, 0)))
+        return _Surface(self.u[sl], self.v[sl], self.w[sl], self.qx[sl], self.qy[sl], self.alb[sl])
+
+    @property
+    def empty(self) -> bool:
+        return self.u.shape[1] < 3 or self.u.shape[2] < 3
+
+
 def render(ident: Identity, pose: np.ndarray, gaze: np.ndarray, blink: np.ndarray,
            mouth: np.ndarray, effects: np.ndarray, size: int) -> np.ndarray:
     """Render frames ``(B, size, size, 3)`` uint8.
@@ -188,30 +217,35 @@ def render(ident: Identity, pose: np.ndarray, gaze: np.ndarray, blink: np.ndarra
         mouth: ``(B, 2)`` *drawn* (opening, width), i.e. after ``compose_mouth``.
         effects: ``(B, E)`` emotion effects (``motion.emotion_effects``).
         size: side of the aligned frame in pixels.
+
+    Work is confined to windows (the head's box, then one box per facial feature), since the
+    per-pixel cost dominates.
     """
     pose = np.asarray(pose, np.float32)
+    gaze = np.asarray(gaze, np.float32)
+    blink = np.asarray(blink, np.float32)
+    mouth = np.asarray(mouth, np.float32)
+    effects = np.asarray(effects, np.float32)
     B = len(pose)
     f32 = np.float32
     R = rotation(pose)
     s, cx, cy = placement(ident, pose)
     grid = (np.arange(size, dtype=f32) + 0.5) / size
-    qx = (grid[None, None, :] - _col(cx)) / _col(s)  # screen coords in head units, (B,1,W)
-    qy = (grid[None, :, None] - _col(cy)) / _col(s)  # (B,H,1)
-    qx, qy = np.broadcast_arrays(qx, qy)
-    qx, qy = qx.astype(f32), qy.astype(f32)
     Bh, Ch = ident.head_b, ident.head_c
     ex = lambda name: _col(effect(effects, name))  # noqa: E731
 
     img = np.broadcast_to(background(ident, size), (B, size, size, 3)).copy()
 
-    # Behind the head: long hair mass, clothes, neck.
+    # Behind the head, full frame: long hair mass, neck, clothes.
+    qx_full = ((grid[None, None, :] - _col(cx)) / _col(s)).astype(f32)
+    qy_full = ((grid[None, :, None] - _col(cy)) / _col(s)).astype(f32)
     if ident.hair_long:
-        g, p0, *_ = _silhouette(qx, qy, R, (0.0, 0.55, -0.2), (1.25, Bh * 1.3, Ch * 1.1))
+        g, p0, *_ = _silhouette(qx_full, qy_full, R, (0.0, 0.55, -0.2), (1.25, Bh * 1.3, Ch * 1.1))
         _over(img, _aa(np.maximum(g, -0.3 - p0[1])), ident.hair * 0.8)
     neck_top = project(ident, pose, np.array([[[0.0, 0.75 * Bh, -0.25 * Ch]]]), size)[:, 0] / size
     nx, ny = _col(neck_top[:, 0]), _col(neck_top[:, 1])
-    X = grid[None, None, :] + np.zeros((B, size, 1), f32)
-    Y = grid[None, :, None] + np.zeros((B, 1, size), f32)
+    X = grid[None, None, :]
+    Y = grid[None, :, None]
     hw = f32(0.5 * ident.unit)
     d_neck = np.maximum(np.abs(X - nx) - hw, ny - Y)
     neck_shade = 0.62 + 0.25 * np.clip(1.0 - ((X - nx) / hw) ** 2, 0, 1)
@@ -222,9 +256,21 @@ def render(ident: Identity, pose: np.ndarray, gaze: np.ndarray, blink: np.ndarra
     d_notch = (ccy - 0.2 * ident.unit - 1.3 * np.abs(X - ccx)) - Y
     _over(img, _aa(np.maximum(d_ell, d_notch)), ident.clothes)
 
+    # The head's window: a circle bounding the head and its hair shell.
+    rad = max(1.07, Bh * 1.03, Ch * 1.07) + 0.1
+    hy0 = max(int(np.floor((np.min(cy - rad * s)) * size)) - 2, 0)
+    hy1 = min(int(np.ceil((np.max(cy + rad * s)) * size)) + 2, size)
+    hx0 = max(int(np.floor((np.min(cx - rad * s)) * size)) - 2, 0)
+    hx1 = min(int(np.ceil((np.max(cx + rad * s)) * size)) + 2, size)
+    origin = (hy0, hx0)
+    qx = qx_full[:, :, hx0:hx1]
+    qy = qy_full[:, hy0:hy1, :]
+    qx, qy = (a.astype(f32) for a in np.broadcast_arrays(qx, qy))
+    win_img = img[:, hy0:hy1, hx0:hx1]  # a view: painting it paints img
+
     # Hair volume around the top of the head (drawn behind the head).
     g, p0, *_ = _silhouette(qx, qy, R, (0.0, -0.06, -0.04), (1.07, Bh * 1.03, Ch * 1.07))
-    _over(img, _aa(np.maximum(g, p0[1] - 0.25)), ident.hair * 0.85)
+    _over(win_img, _aa(np.maximum(g, p0[1] - 0.25)), ident.hair * 0.85)
 
     # Ray-cast the head.
     g, p0, r, a, b, c = _silhouette(qx, qy, R, (0.0, 0.0, 0.0), (1.0, Bh, Ch))
@@ -240,23 +286,28 @@ def render(ident: Identity, pose: np.ndarray, gaze: np.ndarray, blink: np.ndarra
     ndl = (nrm[0] * _col(Lh[:, 0]) + nrm[1] * _col(Lh[:, 1]) + nrm[2] * _col(Lh[:, 2])) * inv
     shade = 0.55 + 0.5 * np.clip(ndl, 0.0, 1.0)
 
-    alb = np.broadcast_to(ident.skin, (B, size, size, 3)).copy()
+    alb = np.broadcast_to(ident.skin, u.shape + (3,)).copy()
     skin = ident.skin
+    head = _Surface(u, v, w, qx, qy, alb)
+    win = lambda ur, vr: head.sub(_window(ident, pose, size, ur, vr), origin)  # noqa: E731
 
     # Forehead lines and the brow furrow (under the hair, which may cover them).
-    for k in range(3):
-        vl = ident.eye_y - ident.brow_gap - 0.16 - 0.08 * k + 0.03 * u * u
-        d = np.maximum(np.abs(v - vl) - 0.012, np.abs(u) - 0.3)
-        _over(alb, _aa(d) * np.clip(ex("forehead") * 0.5, 0, 1), skin * 0.72)
-    for sgn in (-1.0, 1.0):
-        d, _ = _seg(u, v, sgn * 0.045, ident.eye_y - ident.brow_gap - 0.02, sgn * 0.035, ident.eye_y - 0.12)
-        _over(alb, _aa(d - 0.012) * np.clip(ex("furrow") * 0.55, 0, 1), skin * 0.7)
+    top = ident.eye_y - ident.brow_gap
+    F = win((-0.35, 0.35), (top - 0.45, ident.eye_y - 0.08))
+    if not F.empty:
+        for k in range(3):
+            vl = top - 0.16 - 0.08 * k + 0.03 * F.u * F.u
+            d = np.maximum(np.abs(F.v - vl) - 0.012, np.abs(F.u) - 0.3)
+            _over(F.alb, _aa(d) * np.clip(ex("forehead") * 0.5, 0, 1), skin * 0.72)
+        for sgn in (-1.0, 1.0):
+            d, _ = _seg(F.u, F.v, sgn * 0.045, top - 0.02, sgn * 0.035, ident.eye_y - 0.12)
+            _over(F.alb, _aa(d - 0.012) * np.clip(ex("furrow") * 0.55, 0, 1), skin * 0.7)
 
     # Hair on the head: front hairline (with an optional wavy fringe) and sides/back.
     hl = ident.hairline + ident.hairline_curve * u * u + ident.fringe * np.sin(12.0 * u + ident.fringe_phase)
     v_low = 1.6 if ident.hair_long else 0.35
     d_hair = np.minimum(v - hl, np.maximum(w - ident.hair_side * Ch, v - v_low))
-    strands = 0.92 + 0.08 * np.sin(55.0 * u + 6.0 * np.sin(4.0 * v))
+    strands = 0.95 + 0.05 * np.sin(40.0 * u + 6.0 * np.sin(4.0 * v))
     _over(alb, _aa(d_hair), ident.hair * strands[..., None])
 
     # Ears (a ball around a side point of the surface), when the hair leaves them visible.
@@ -264,70 +315,100 @@ def render(ident: Identity, pose: np.ndarray, gaze: np.ndarray, blink: np.ndarra
         for sgn in (-1.0, 1.0):
             ue, ve = sgn * 0.965, ident.eye_y + 0.28
             we = float(surface_w(ident, ue, ve)) - 0.05
-            d = np.sqrt(((u - ue) / 0.12) ** 2 + ((v - ve) / 0.25) ** 2 + ((w - we) / 0.22) ** 2)
-            _over(alb, _aa(d - 1.0), skin * 0.9)
-            _over(alb, _aa(d - 0.55) * 0.6, skin * 0.62)
+            E = win((-1.0, ue + 0.2) if sgn < 0 else (ue - 0.2, 1.0), (ve - 0.3, ve + 0.3))
+            if E.empty:
+                continue
+            d = np.sqrt(((E.u - ue) / 0.12) ** 2 + ((E.v - ve) / 0.25) ** 2 + ((E.w - we) / 0.22) ** 2)
+            _over(E.alb, _aa(d - 1.0), skin * 0.9)
+            _over(E.alb, _aa(d - 0.55) * 0.5, skin * 0.75)
 
     # Brows: two-segment thick polylines (inner, arch, outer), tapering outward.
     for sgn in (-1.0, 1.0):
-        by = ident.eye_y - ident.brow_gap
-        ix, iy = sgn * (ident.eye_x - 0.16 - ex("brow_inner_dx")), by + ex("brow_inner_dy")
-        ox, oy = sgn * (ident.eye_x + 0.21), by + 0.03 + ex("brow_outer_dy")
+        lo, hi = sorted((sgn * (ident.eye_x - 0.3), sgn * (ident.eye_x + 0.3)))
+        S = win((lo, hi), (top - 0.28, top + 0.2))
+        if S.empty:
+            continue
+        ix, iy = sgn * (ident.eye_x - 0.16 - ex("brow_inner_dx")), top + ex("brow_inner_dy")
+        ox, oy = sgn * (ident.eye_x + 0.21), top + 0.03 + ex("brow_outer_dy")
         mx = sgn * (ident.eye_x + 0.03)
-        my = by - ident.brow_arch + 0.5 * (ex("brow_inner_dy") + ex("brow_outer_dy"))
-        d1, h1 = _seg(u, v, ix, iy, mx, my)
-        d2, h2 = _seg(u, v, mx, my, ox, oy)
+        my = top - ident.brow_arch + 0.5 * (ex("brow_inner_dy") + ex("brow_outer_dy"))
+        d1, h1 = _seg(S.u, S.v, ix, iy, mx, my)
+        d2, h2 = _seg(S.u, S.v, mx, my, ox, oy)
         d = np.minimum(d1 - ident.brow_thick * (1.15 - 0.2 * h1), d2 - ident.brow_thick * (0.95 - 0.45 * h2))
-        _over(alb, _aa(d), ident.brow)
+        _over(S.alb, _aa(d), ident.brow)
 
     # Eyes.
     ht_all = ident.eye_top * (1.0 + ex("eye_open"))
     hb_all = ident.eye_bottom * (1.0 - ex("lower_lid"))
     for k, sgn in ((0, -1.0), (1, 1.0)):
-        ue, ve = u - sgn * ident.eye_x, v - ident.eye_y
+        ec = sgn * ident.eye_x
+        S = win((ec - ident.eye_w - 0.05, ec + ident.eye_w + 0.05),
+                (ident.eye_y - 2.0 * ident.eye_top - 0.08, ident.eye_y + ident.eye_bottom + 0.05))
+        if S.empty:
+            continue
+        ue, ve = S.u - ec, S.v - ident.eye_y
         prof = 1.0 - (ue / ident.eye_w) ** 2
         bk = _col(blink[:, k])
         yup = (-ht_all + bk * (ht_all + hb_all + 0.012)) * prof
         ylo = hb_all * prof
-        a_open = _aa(np.maximum(yup - ve, ve - ylo))
-        # Socket shading and the lid crease above the eye.
+        # -prof bounds the almond at the corners (outside them the lid curves would cross).
+        a_open = _aa(np.maximum(np.maximum(yup - ve, ve - ylo), -0.05 * prof))
+        # The lid crease above the eye.
         crease = -(ident.eye_top + 0.05) * np.clip(prof, 0, 1) ** 0.8
-        _over(alb, _aa(np.maximum(np.abs(ve - crease) - 0.012, -prof)) * 0.35, skin * 0.6)
+        _over(S.alb, _aa(np.maximum(np.abs(ve - crease) - 0.012, -0.05 * prof)) * 0.35, skin * 0.6)
         gx = EYEBALL_RADIUS * np.sin(_col(gaze[:, 2 * k]))
         gy = EYEBALL_RADIUS * np.sin(_col(gaze[:, 2 * k + 1]))
         sclera_shade = 0.82 + 0.18 * np.clip((ve - yup) / 0.06, 0, 1)  # shadow under the upper lid
-        _over(alb, a_open, idm.SCLERA * sclera_shade[..., None])
+        _over(S.alb, a_open, idm.SCLERA * sclera_shade[..., None])
         di = np.hypot(ue - gx, ve - gy)
-        _over(alb, a_open * _aa(di - ident.iris_r), ident.iris)
-        _over(alb, a_open * _aa(di - 0.45 * ident.iris_r), idm.PUPIL)
-        _over(alb, a_open * _aa(np.hypot(ue - gx + 0.3 * ident.iris_r, ve - gy + 0.3 * ident.iris_r)
-                                - 0.14 * ident.iris_r) * 0.8, (1.0, 1.0, 1.0))
+        _over(S.alb, a_open * _aa(di - ident.iris_r), ident.iris)
+        _over(S.alb, a_open * _aa(di - 0.45 * ident.iris_r), idm.PUPIL)
+        _over(S.alb, a_open * _aa(np.hypot(ue - gx + 0.3 * ident.iris_r, ve - gy + 0.3 * ident.iris_r)
+                                  - 0.14 * ident.iris_r) * 0.8, (1.0, 1.0, 1.0))
         lash = 0.022 * (0.35 + 0.65 * np.clip(prof, 0, 1))
-        _over(alb, _aa(np.maximum(np.abs(ve - yup) - lash, -prof)), idm.LASH)
-        _over(alb, _aa(np.maximum(np.abs(ve - ylo) - 0.01, -prof)) * 0.5, skin * 0.55)
+        _over(S.alb, _aa(np.maximum(np.abs(ve - yup) - lash, -0.05 * prof)), idm.LASH)
+        _over(S.alb, _aa(np.maximum(np.abs(ve - ylo) - 0.01, -0.05 * prof)) * 0.5, skin * 0.55)
 
-    # Nose: nostrils and wings on the surface, the ridge and the tip in screen space (parallax).
+    # Nose and mouth share one window.
+    mw = ident.mouth_w * (1.0 + 2.0 * MOUTH_WIDTH_GAIN) + 0.2
+    S = win((-mw, mw), (ident.eye_y + 0.05, ident.mouth_y + 0.45))
+    if not S.empty:
+        _nose(S, ident, pose, size, s, cx, cy, ex)
+        _mouth(S, ident, mouth, ex)
+
+    _over(win_img, head_alpha, alb * shade[..., None])
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _nose(S: _Surface, ident: Identity, pose, size, s, cx, cy, ex) -> None:
+    """Nostrils and wings on the surface; the ridge and the tip in screen space (parallax)."""
+    skin = ident.skin
+    u, v = S.u, S.v
     for sgn in (-1.0, 1.0):
         d = np.hypot((u - sgn * 0.1) / 0.07, (v - ident.nose_y + 0.03) / 0.06) - 1.0
-        _over(alb, _aa(d) * 0.3, skin * 0.75)
+        _over(S.alb, _aa(d) * 0.3, skin * 0.75)
         d = np.hypot((u - sgn * 0.07) / 0.04, (v - ident.nose_y) / 0.022) - 1.0
-        _over(alb, _aa(d) * 0.85, skin * 0.3)
+        _over(S.alb, _aa(d) * 0.85, skin * 0.3)
     tip_v = ident.nose_y - 0.06
     pts = np.array([[[0.0, ident.eye_y + 0.1, float(surface_w(ident, 0.0, ident.eye_y + 0.1)) + 0.02],
                      [0.0, tip_v, float(surface_w(ident, 0.0, tip_v)) + ident.nose_len]]])
     nose_px = project(ident, pose, pts, size) / size  # (B, 2, 2) in sides
     nq = (nose_px - np.stack([cx, cy], -1)[:, None]) / s[:, None, None]  # head units, screen axes
-    d, _ = _seg(qx, qy, _col(nq[:, 0, 0]), _col(nq[:, 0, 1]), _col(nq[:, 1, 0]), _col(nq[:, 1, 1]))
-    _over(alb, _aa(d - 0.03) * 0.35, skin * 0.7)
-    d = np.hypot(qx - _col(nq[:, 1, 0]), qy - _col(nq[:, 1, 1]) - 0.035)
-    _over(alb, _aa(d - 0.075) * 0.35, skin * 0.7)
-    d = np.hypot(qx - _col(nq[:, 1, 0]), qy - _col(nq[:, 1, 1]))
-    _over(alb, _aa(d - 0.065) * 0.45, np.minimum(skin * 1.1, 1.0))
+    d, _ = _seg(S.qx, S.qy, _col(nq[:, 0, 0]), _col(nq[:, 0, 1]), _col(nq[:, 1, 0]), _col(nq[:, 1, 1]))
+    _over(S.alb, _aa(d - 0.03) * 0.35, skin * 0.7)
+    d = np.hypot(S.qx - _col(nq[:, 1, 0]), S.qy - _col(nq[:, 1, 1]) - 0.035)
+    _over(S.alb, _aa(d - 0.075) * 0.35, skin * 0.7)
+    d = np.hypot(S.qx - _col(nq[:, 1, 0]), S.qy - _col(nq[:, 1, 1]))
+    _over(S.alb, _aa(d - 0.065) * 0.45, np.minimum(skin * 1.1, 1.0))
     for k in range(2):
         d = np.maximum(np.abs(v - (ident.eye_y + 0.13 + 0.05 * k)) - 0.01, np.abs(u) - 0.07)
-        _over(alb, _aa(d) * np.clip(ex("nose_wrinkle") * 0.6, 0, 1), skin * 0.65)
+        _over(S.alb, _aa(d) * np.clip(ex("nose_wrinkle") * 0.6, 0, 1), skin * 0.65)
 
-    # Mouth: lips, interior, teeth, seam; corners and width carry the emotion.
+
+def _mouth(S: _Surface, ident: Identity, mouth, ex) -> None:
+    """Lips, interior, teeth and seam; the corners and the width carry the emotion."""
+    skin = ident.skin
+    u, v = S.u, S.v
     op, wd = _col(mouth[:, 0]), _col(mouth[:, 1])
     W = ident.mouth_w * (1.0 + MOUTH_WIDTH_GAIN * wd)
     G = MOUTH_MAX_GAP * op
@@ -345,15 +426,12 @@ def render(ident: Identity, pose: np.ndarray, gaze: np.ndarray, blink: np.ndarra
     for sgn in (-1.0, 1.0):
         d1, _ = _seg(u, v, sgn * 0.16, ident.nose_y - 0.02, sgn * (W + 0.1), ident.mouth_y - 0.05)
         d2, _ = _seg(u, v, sgn * (W + 0.1), ident.mouth_y - 0.05, sgn * (W + 0.06), ident.mouth_y + 0.12)
-        _over(alb, _aa(np.minimum(d1, d2) - 0.015) * np.clip(ex("nasolabial") * 0.5, 0, 1), skin * 0.7)
-    _over(alb, _aa(np.maximum(np.maximum(yuo - vm, vm - ylo), edge * 0.1)), ident.lip)
+        _over(S.alb, _aa(np.minimum(d1, d2) - 0.015) * np.clip(ex("nasolabial") * 0.5, 0, 1), skin * 0.7)
+    _over(S.alb, _aa(np.maximum(np.maximum(yuo - vm, vm - ylo), edge * 0.1)), ident.lip)
     a_in = _aa(np.maximum(np.maximum(yui - vm, vm - yli), edge * 0.1))
     depth = np.clip((vm - yui) / (yli - yui + 1e-3), 0, 1)
-    _over(alb, a_in, idm.MOUTH_INTERIOR * (1.0 - 0.35 * np.abs(depth - 0.5))[..., None])
+    _over(S.alb, a_in, idm.MOUTH_INTERIOR * (1.0 - 0.35 * np.abs(depth - 0.5))[..., None])
     d_teeth = np.maximum(np.maximum(yui - vm, vm - (yui + np.minimum(0.05, 0.45 * (yli - yui)))), np.abs(sm) - 0.6)
-    _over(alb, a_in * _aa(d_teeth), idm.TEETH)
+    _over(S.alb, a_in * _aa(d_teeth), idm.TEETH)
     seam = np.maximum(np.abs(vm - 0.5 * (yui + yli)) - 0.011, edge * 0.1)
-    _over(alb, _aa(seam) * 0.85, ident.lip * 0.5)
-
-    _over(img, head_alpha, alb * shade[..., None])
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    _over(S.alb, _aa(seam) * 0.85, ident.lip * 0.5)
