@@ -139,14 +139,22 @@ class StageModule(pl.LightningModule):
     def image_size(self) -> int:
         return int(self.networks_cfg.get("image_size", 224))
 
-    def adam(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    def adam(self, groups: Mapping[str, Iterable[torch.nn.Parameter]] | Iterable[torch.nn.Parameter]
+             ) -> torch.optim.Optimizer:
+        """Adam over trainable parameters; ``groups`` maps network names to parameters so that
+        ``optimizer.lr_by_network`` (e.g. ``{generator0: 1e-3}``) can give one network its own rate."""
         cfg = self.optimizer_cfg
-        return torch.optim.Adam(
-            [p for p in params if p.requires_grad],
-            lr=float(cfg.get("lr", 1e-4)),
-            betas=tuple(cfg.get("betas", (0.0, 0.99))),
-            weight_decay=float(cfg.get("weight_decay", 0.0)),
-        )
+        lr = float(cfg.get("lr", 1e-4))
+        per_network = dict(cfg.get("lr_by_network") or {})
+        if not isinstance(groups, Mapping):
+            groups = {"all": groups}
+        param_groups = []
+        for name, params in groups.items():
+            trainable = [p for p in params if p.requires_grad]
+            if trainable:
+                param_groups.append({"params": trainable, "lr": float(per_network.get(name, lr)), "name": name})
+        return torch.optim.Adam(param_groups, lr=lr, betas=tuple(cfg.get("betas", (0.0, 0.99))),
+                                weight_decay=float(cfg.get("weight_decay", 0.0)))
 
     def network_slots(self) -> dict[str, nn.Module]:
         """The networks this stage holds, by export slot (EMA weights for the generators)."""

@@ -211,6 +211,6 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         return rows
 
     def configure_optimizers(self):
-        generator_side = list(self.generator.parameters()) + [
-            p for name in self.trained_heads for p in getattr(self.motion, name).parameters()]
-        return self.adam(generator_side), self.adam(self.discriminator.parameters())
+        generator_side = {"generator": self.generator.parameters(),
+                          "emotion_head": [p for name in self.trained_heads for p in getattr(self.motion, name).parameters()]}
+        return self.adam(generator_side), self.adam({"discriminator": self.discriminator.parameters()})

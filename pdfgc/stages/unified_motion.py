@@ -113,6 +113,6 @@ class UnifiedMotionStage(GanStepMixin, StageModule):
                 "reconstruction": fake}
 
     def configure_optimizers(self):
-        generator_side = list(self.appearance.parameters()) + list(self.motion.parameters()) + list(
-            self.generator0.parameters())
-        return self.adam(generator_side), self.adam(self.discriminator.parameters())
+        generator_side = {"appearance": self.appearance.parameters(), "motion": self.motion.parameters(),
+                          "generator0": self.generator0.parameters()}
+        return self.adam(generator_side), self.adam({"discriminator": self.discriminator.parameters()})
