@@ -55,16 +55,24 @@ class SynthTalkDataset(Dataset):
     :param num_lip_steps: N time steps per clip in ``fine_motion`` (1 positive + N-1 negatives each)
     :param emotion_window: K consecutive frames in ``emotion``
     :param eye_gap: (min, max) frames between the eye triplet's positive and negative
+    :param lip_min_gap: minimum distance in frames between the N lip time steps, so that no
+        negative is a near-copy of its positive (adjacent frames look and sound alike)
+    :param eye_blink_prob: probability that an eye triplet is built around a blink (lid closed
+        > 50 % in the positive or the negative); blinks cover only ~3 % of frames otherwise
     """
 
     def __init__(self, pool: ClipPool, mode: str, length: int, seed: int = 0, num_lip_steps: int = 5,
-                 emotion_window: int = 5, eye_gap: tuple[int, int] = (2, 10)) -> None:
+                 emotion_window: int = 5, eye_gap: tuple[int, int] = (2, 10), lip_min_gap: int = 3,
+                 eye_blink_prob: float = 0.3) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
-        if pool.num_frames < max(num_lip_steps, emotion_window, eye_gap[1] + 1):
-            raise ValueError(f"clips of {pool.num_frames} frames are too short for this sampling")
+        lip_min_gap = max(int(lip_min_gap), 1)
+        need = max((num_lip_steps - 1) * lip_min_gap + 1, emotion_window, eye_gap[1] + 1)
+        if pool.num_frames < need:
+            raise ValueError(f"clips of {pool.num_frames} frames are too short for this sampling (need {need})")
         self.pool, self.mode, self.length, self.seed = pool, mode, int(length), int(seed)
         self.num_lip_steps, self.emotion_window, self.eye_gap = num_lip_steps, emotion_window, tuple(eye_gap)
+        self.lip_min_gap, self.eye_blink_prob = lip_min_gap, float(eye_blink_prob)
 
     def __len__(self) -> int:
         return self.length
@@ -88,7 +96,7 @@ class SynthTalkDataset(Dataset):
             sample.update(source=to_image(p.images[c, src]), driver=to_image(p.images[c, drv]))
             sample.update(self.ground_truth(c, drv))
         elif self.mode == "fine_motion":
-            ts = np.sort(rng.choice(F, self.num_lip_steps, replace=False))
+            ts = self.lip_steps(rng, F)
             sample.update(frames=to_image(p.images[c, ts]), mels=torch.from_numpy(p.windows[c, ts]),
                           pose=torch.from_numpy(p.pose[c, ts]))
             sample.update(self.eye_triplet(rng, c))
@@ -103,17 +111,35 @@ class SynthTalkDataset(Dataset):
             sample.update(self.ground_truth(c, ts))
         return sample
 
+    def lip_steps(self, rng: np.random.Generator, num_frames: int) -> np.ndarray:
+        """N sorted distinct frame indices at least ``lip_min_gap`` apart, uniformly at random."""
+        n, g = self.num_lip_steps, self.lip_min_gap
+        base = np.sort(rng.choice(num_frames - (n - 1) * (g - 1), n, replace=False))
+        return base + np.arange(n) * (g - 1)
+
     def eye_triplet(self, rng: np.random.Generator, c: int) -> dict[str, torch.Tensor]:
-        """Positive and negative from the same clip, close in time (similar pose) but with the
-        most different eye state among a few candidates; anchor = negative + positive's eyes."""
+        """Positive and negative from the same clip, close in time, with similar pose and the
+        most different eye state among the candidates; anchor = negative + positive's eyes.
+
+        With probability ``eye_blink_prob`` one of the two is a blink frame (the positive or the
+        negative, at random), since blinks are otherwise rare.
+        """
         p = self.pool
         F = p.num_frames
         pos = int(rng.integers(F))
+        closed = np.nonzero(p.blink[c].max(1) > 0.5)[0]
+        if len(closed) and rng.uniform() < self.eye_blink_prob:
+            pos = int(closed[rng.integers(len(closed))])
         lo, hi = self.eye_gap
-        candidates = [t for t in range(max(0, pos - hi), min(F, pos + hi + 1)) if abs(t - pos) >= lo]
-        eye_state = np.concatenate([p.gaze[c], p.blink[c]], axis=1)
-        diff = np.abs(eye_state[candidates] - eye_state[pos]).sum(1)
-        neg = int(candidates[int(np.argmax(diff + rng.uniform(0, 0.05, len(diff))))])
+        candidates = np.array([t for t in range(max(0, pos - hi), min(F, pos + hi + 1)) if abs(t - pos) >= lo])
+        # Eye difference (gaze in rad + blink, weighted up) minus a penalty on the pose change.
+        eye = np.abs(p.gaze[c, candidates] - p.gaze[c, pos]).sum(1) \
+            + 2.0 * np.abs(p.blink[c, candidates] - p.blink[c, pos]).sum(1)
+        pose = np.abs(p.pose[c, candidates, :3] - p.pose[c, pos, :3]).sum(1) \
+            + 10.0 * np.abs(p.pose[c, candidates, 3:5] - p.pose[c, pos, 3:5]).sum(1)
+        neg = int(candidates[int(np.argmax(eye - 2.0 * pose + rng.uniform(0, 0.05, len(eye))))])
+        if rng.uniform() < 0.5:  # the blink (or the larger gaze excursion) is not always the positive
+            pos, neg = neg, pos
         boxes = np.concatenate([p.eye_boxes[c, pos], p.eye_boxes[c, neg]])
         anchor = paste_eyes(p.images[c, neg], p.images[c, pos], boxes)
         return {"eye_positive": to_image(p.images[c, pos]), "eye_negative": to_image(p.images[c, neg]),
@@ -133,7 +159,7 @@ class SynthTalkDataModule(pl.LightningDataModule):
                  clip_seconds: float = 2.0, batch_size: int = 16, num_workers: int = 0,
                  samples_per_epoch: int = 100_000, val_samples: int = 64, num_lip_steps: int = 5,
                  emotion_window: int = 5, cache_dir: str | None = None, render_workers: int = 2,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, lip_min_gap: int = 3, eye_blink_prob: float = 0.3) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown data mode {mode!r}; one of {MODES}")
@@ -142,6 +168,7 @@ class SynthTalkDataModule(pl.LightningDataModule):
         self.samples_per_epoch, self.val_samples = samples_per_epoch, val_samples
         self.num_lip_steps, self.emotion_window = num_lip_steps, emotion_window
         self.cache_dir, self.render_workers, self.pin_memory = cache_dir, render_workers, pin_memory
+        self.lip_min_gap, self.eye_blink_prob = lip_min_gap, eye_blink_prob
         self.pools: dict[str, ClipPool] = {}
 
     def prepare_data(self) -> None:
@@ -157,7 +184,8 @@ class SynthTalkDataModule(pl.LightningDataModule):
 
     def dataset(self, split: str, length: int, seed_offset: int = 0) -> SynthTalkDataset:
         return SynthTalkDataset(self.pool(split), self.mode, length, self.world.seed * 1000 + seed_offset,
-                                self.num_lip_steps, self.emotion_window)
+                                self.num_lip_steps, self.emotion_window,
+                                lip_min_gap=self.lip_min_gap, eye_blink_prob=self.eye_blink_prob)
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,

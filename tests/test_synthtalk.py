@@ -17,7 +17,7 @@ from pdfgc.synthtalk.world import ClipPool, WorldConfig
 SIZE = 64
 
 
-def render_with(seed=0, speaker=0, **overrides):
+def render_with(seed=0, speaker=0, size=SIZE, **overrides):
     """One frame of ``speaker`` with some factors overridden (a frontal neutral baseline)."""
     f = draw_factors(seed, speaker, 0, 1)
     factors = {"pose": np.zeros((1, 6), np.float32), "gaze": np.zeros((1, 4), np.float32),
@@ -25,7 +25,7 @@ def render_with(seed=0, speaker=0, **overrides):
                "effects": np.zeros_like(f["effects"])}
     factors.update({k: np.asarray(v, np.float32) for k, v in overrides.items()})
     img = rd.render(f["identity"], factors["pose"], factors["gaze"], factors["blink"], factors["mouth"],
-                    factors["effects"], SIZE)[0].astype(np.float32)
+                    factors["effects"], size)[0].astype(np.float32)
     return img, f["identity"], factors
 
 
@@ -85,6 +85,58 @@ def test_a_wider_opening_changes_more_of_the_mouth_region():
     assert np.abs(opened - closed).max(-1)[outside].max() < 20, "only the mouth region changes"
 
 
+def test_a_wider_opening_shows_more_mouth_interior():
+    from pdfgc.synthtalk import identity as idm
+
+    # A light-skinned speaker, so that "interior-coloured" cannot be confused with skin.
+    speaker = max(range(10), key=lambda k: float(idm.sample_identity(0, k).skin.sum()))
+    counts = []
+    for opening in (0.0, 0.3, 0.6, 1.0):
+        img, ident, f = render_with(speaker=speaker, mouth=[[opening, 0.0]])
+        x0, y0, x1, y1 = rd.mouth_box(ident, f["pose"], SIZE)[0].round().astype(int)
+        patch = img[y0:y1, x0:x1]
+        counts.append(int((np.linalg.norm(patch - idm.MOUTH_INTERIOR * 255, axis=-1) < 45).sum()))
+    assert counts[0] == 0 and counts[1] < counts[2] < counts[3], counts
+    assert counts[3] >= 12, "a fully open mouth spans several pixels at 64 px"
+
+
+def test_emotion_classes_move_brows_and_mouth_corners_as_documented():
+    """Measured on the drawing (128 px, closed mouth, full intensity): the brow height (centroid
+    of brow-coloured pixels above the eyes) and the mouth seam (darkest row per column near the
+    mouth) at the outer fifths of the mouth vs its centre."""
+    from pdfgc.synthtalk import motion as mo
+
+    size, speaker = 128, 5  # speaker 5: dark short hair, brows and lips contrast with the skin
+    _, ident, f = render_with(speaker=speaker)
+    eb = rd.eye_boxes(ident, f["pose"], size)[0]
+    x0, x1 = int(eb[0, 0]), int(eb[1, 2])
+    by0, by1 = int(eb[0, 1] - 0.35 * ident.unit * size), int(eb[0, 1] + 4)
+    centre = rd.project(ident, f["pose"], np.array([[[0.0, ident.mouth_y, 1.0]]]), size)[0, 0]
+    unit = ident.unit * size
+    my0, my1 = int(centre[1] - 0.2 * unit), int(centre[1] + 0.2 * unit)
+    mx0, mx1 = int(centre[0] - 0.5 * unit), int(centre[0] + 0.5 * unit)
+    geometry = {}
+    for k, name in enumerate(mo.EMOTIONS):
+        img, _, _ = render_with(speaker=speaker, mouth=[[0.0, 0.0]], size=size,
+                                effects=mo.emotion_effects(np.array([k]), np.array([1.0])))
+        brows = np.linalg.norm(img[by0:by1, x0:x1] - ident.brow * 255, axis=-1) < 45
+        brow_y = np.nonzero(brows)[0].mean() + by0
+        lum = img[my0:my1, mx0:mx1].mean(-1)
+        cols = np.nonzero(lum.min(0) < lum.max(0) - 25)[0]  # columns crossed by the lip seam
+        seam = np.argmin(lum, 0).astype(float)
+        n = len(cols) // 5
+        geometry[name] = (brow_y, seam[cols[:n]].mean() - seam[cols[2 * n:3 * n]].mean(),
+                          seam[cols[-n:]].mean() - seam[cols[2 * n:3 * n]].mean())
+    n = geometry["neutral"]
+    assert geometry["surprised"][0] < n[0] - 1.5  # brows raised (y grows downward)
+    assert geometry["fear"][0] < n[0] - 0.5
+    assert geometry["angry"][0] > n[0] + 1.0  # brows lowered
+    for side in (1, 2):
+        assert geometry["happy"][side] < n[side] - 1.5  # corners up
+        assert geometry["sad"][side] > n[side] + 1.0  # corners down
+    assert geometry["contempt"][2] < geometry["contempt"][1] - 1.0  # one-sided: image-right corner up
+
+
 def test_emotions_change_the_face():
     neutral, ident, f = render_with()
     from pdfgc.synthtalk import motion as mo
@@ -107,6 +159,38 @@ def test_the_mouth_follows_the_audio_and_leads_it_by_one_frame():
     assert np.mean(corr[1]) > np.mean(corr[0]), "the opening at frame t matches the sound at t+1"
 
 
+def test_the_lead_is_the_peak_of_the_cross_correlation():
+    from pdfgc.synthtalk.speech import MOUTH_LEAD_S
+
+    lags = range(-3, 4)
+    scores = np.zeros(len(lags))
+    for speaker in range(6):
+        sp = draw_factors(0, speaker, 1, 125)["speech"]
+        energy = energy_envelope(sp.waveform, 125)
+        o = sp.mouth[:, 0]
+        for i, lag in enumerate(lags):
+            a, b = (o[: len(o) - lag], energy[lag:]) if lag >= 0 else (o[-lag:], energy[:lag])
+            scores[i] += np.corrcoef(a, b)[0, 1]
+    assert list(lags)[int(np.argmax(scores))] == round(MOUTH_LEAD_S * 25) == 1
+
+
+def test_factors_are_independent_across_clips():
+    """Clip-level means and per-frame values of different factors are uncorrelated."""
+    rows = []
+    for speaker in range(40):
+        for clip in range(2):
+            f = draw_factors(3, speaker, clip, 25)
+            rows.append(np.concatenate([f["pose"][:, :3].mean(0), f["gaze"][:, :2].mean(0), f["blink"].max(0)[:1],
+                                        f["speech"].mouth.mean(0), [f["emotion"] / 7.0,
+                                        f["emotion_intensity"].mean(), f["identity"].eye_x]]))
+    x = np.array(rows)
+    groups = [[0, 1, 2], [3, 4], [5], [6, 7], [8, 9], [10]]  # pose, gaze, blink, mouth, emotion, identity
+    c = np.abs(np.corrcoef(x.T))
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            assert c[np.ix_(a, b)].max() < 0.45, (a, b)  # 80 clips: |r| > 0.45 has p < 1e-4
+
+
 @pytest.fixture(scope="module")
 def small_module(tmp_path_factory):
     cache = tmp_path_factory.mktemp("st")
@@ -125,6 +209,13 @@ def test_samples_have_the_contract_keys_and_shapes(small_module, mode, keys):
     batch = next(iter(small_module(mode).train_dataloader()))
     for key, shape in keys.items():
         assert tuple(batch[key].shape) == shape, key
+    lead = (2,) if mode == "reconstruction" else (2, 5)  # ground truth describes driver / frames
+    gt = {"gt_pose": (6,), "gt_gaze": (4,), "gt_blink": (2,), "gt_mouth": (2,), "gt_emotion": (),
+          "gt_emotion_intensity": ()}
+    for key, tail in gt.items():
+        assert tuple(batch[key].shape) == lead + tail, key
+    assert batch["gt_emotion"].dtype == torch.int64 and batch["gt_pose"].dtype == torch.float32
+    assert isinstance(batch["clip"][0], str)
     images = [v for k, v in batch.items() if k in ("source", "driver", "frames")]
     assert all(v.min() >= -1 and v.max() <= 1 and v.dtype == torch.float32 for v in images)
     assert batch["speaker"].dtype == torch.int64
@@ -136,6 +227,42 @@ def test_heldout_speakers_are_disjoint_and_samples_reproducible(small_module):
     ds = dm.dataset("train", 10)
     assert torch.equal(ds[3]["driver"], ds[3]["driver"])
     assert not torch.equal(ds[3]["driver"], ds[4]["driver"])
+
+
+def test_eye_triplets_from_the_datamodule(small_module):
+    dm = small_module("fine_motion")
+    ds = dm.dataset("train", 20)
+    for i in range(6):
+        s = ds[i]
+        neg, pos, anc = (((s[k].permute(1, 2, 0) + 1) * 127.5).round().numpy()
+                         for k in ("eye_negative", "eye_positive", "eye_anchor"))
+        changed = np.abs(anc - neg).max(-1) > 0
+        same_as_pos = np.abs(anc - pos).max(-1) == 0
+        assert (changed <= same_as_pos).all()  # every changed pixel comes from the positive
+        rows = np.nonzero(changed.any(1))[0]
+        if len(rows):  # the strip is a horizontal band around the eyes, not the whole face
+            assert rows.max() - rows.min() < SIZE // 3
+        assert s["eye_open"].shape == (2,) and s["frames"].shape[0] == 5
+
+
+def test_lip_steps_keep_their_minimum_gap(small_module):
+    ds = small_module("fine_motion").dataset("train", 10)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        ts = ds.lip_steps(rng, 25)
+        assert len(ts) == 5 and ts.max() < 25 and np.diff(ts).min() >= ds.lip_min_gap
+
+
+def test_world_clip_api_gives_full_clips():
+    world = WorldConfig(seed=0, num_speakers=2, heldout_speakers=1, clips_per_speaker=1, clip_seconds=0.4,
+                        image_size=SIZE)
+    clips = list(world.clips("test"))
+    assert [c.speaker for c in clips] == [2]
+    c = clips[0]
+    assert c.frames.shape == (10, SIZE, SIZE, 3) and c.eye_boxes.shape == (10, 2, 4)
+    assert c.pose.shape == (10, 6) and c.gaze.shape == (10, 4) and c.blink.shape == (10, 2)
+    assert c.mouth.shape == (10, 2) and c.emotion_intensity.shape == (10,) and 0 <= c.emotion < 8
+    assert np.array_equal(world.render_clip(2, 0).frames, c.frames)
 
 
 def test_eye_anchor_is_the_negative_with_the_positives_eye_strip():

@@ -64,6 +64,16 @@ class WorldConfig:
     def clip_ids(self, split: str) -> list[tuple[int, int]]:
         return [(s, c) for s in self.speakers(split) for c in range(self.clips_per_speaker)]
 
+    def render_clip(self, speaker: int, clip: int) -> Clip:
+        """Clip ``clip`` of ``speaker``: aligned frames (F, S, S, 3) uint8, waveform, mel, ground
+        truth and eye/mouth boxes (see :class:`pdfgc.synthtalk.clips.Clip`)."""
+        return render_clip(self.seed, speaker, clip, self.num_frames, self.image_size)
+
+    def clips(self, split: str) -> Iterator[Clip]:
+        """Every clip of ``split`` in order (rendered lazily, one at a time)."""
+        for speaker, clip in self.clip_ids(split):
+            yield self.render_clip(speaker, clip)
+
     def cache_key(self, split: str) -> str:
         blob = json.dumps({**asdict(self), "split": split, "version": CACHE_VERSION}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
