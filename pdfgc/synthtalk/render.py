@@ -54,8 +54,22 @@ def _aa(d: np.ndarray) -> np.ndarray:
 
 
 def _over(img: np.ndarray, alpha: np.ndarray, color) -> None:
-    """In place: ``img = img + alpha * (color - img)``; img (B,H,W,3), alpha (B,H,W)."""
-    img += alpha[..., None] * (np.asarray(color, np.float32) - img)
+    """In place: ``img = img + alpha * (color - img)``; img (B,H,W,3), alpha (B,H,W).
+
+    Only the bounding box of ``alpha > 0`` (over the batch) is touched: most shapes cover a
+    small part of their window, and the 3-channel blend is the renderer's costliest step.
+    """
+    nz = alpha > 0
+    rows = np.nonzero(nz.any(axis=(0, 2)))[0]
+    if len(rows) == 0:
+        return
+    cols = np.nonzero(nz.any(axis=(0, 1)))[0]
+    sl = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    color = np.asarray(color, np.float32)
+    if color.ndim == 4:  # per-pixel colour, possibly broadcast along some axes
+        color = color[tuple(k if n > 1 else slice(None) for k, n in zip(sl, color.shape))]
+    im = img[sl]
+    im += alpha[sl][..., None] * (color - im)
 
 
 def _seg(x, y, ax, ay, bx, by):
