@@ -295,6 +295,10 @@ def test_processed_export_round_trips(tmp_path):
     # a second export resumes: finished clips are not written twice
     export(tmp_path, world, "train", "processed", progress=False)
     assert len((root / "index.jsonl").read_text().splitlines()) == 2
+    # split=all adds the held-out speakers to the same index, marked as test
+    export(tmp_path, world, "all", "processed", progress=False)
+    entries = [json.loads(line) for line in (root / "index.jsonl").read_text().splitlines()]
+    assert [e["split"] for e in entries] == ["train", "train", "test"] and entries[2]["clip"] == "s0002_c00"
 
 
 def test_mp4_export_has_audio_of_the_clip_length(tmp_path):

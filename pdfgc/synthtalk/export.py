@@ -1,6 +1,6 @@
 """Write SynthTalk to disk: the processed-data layout (docs/design.md) or raw mp4 clips.
 
-``python -m pdfgc.synthtalk.export output_dir=DIR [format=processed|mp4] [split=train|test]
+``python -m pdfgc.synthtalk.export output_dir=DIR [format=processed|mp4] [split=all|train|test]
 [num_speakers=N] [heldout_speakers=N] [clips_per_speaker=N] [clip_seconds=S] [image_size=S] [seed=N]``
 
 The processed layout is what ``preprocess.py`` writes for real videos, so the real-data
@@ -76,11 +76,20 @@ def write_mp4_clip(root: Path, clip: Clip) -> Path:
 
 def export(output_dir: str | Path, world: WorldConfig, split: str = "train", fmt: str = "processed",
            progress: bool = True) -> Path:
-    """Render ``split`` of ``world`` into ``output_dir`` (``fmt``: processed | mp4)."""
+    """Render ``split`` (train | test | all) of ``world`` into ``output_dir`` (``fmt``: processed | mp4).
+
+    Resumable: processed clips already in ``index.jsonl`` and mp4 files that exist are skipped.
+    """
     from tqdm import tqdm
 
     if fmt not in FORMATS:
         raise PdfgcError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    if split == "all":
+        for one in ("train", "test"):
+            export(output_dir, world, one, fmt, progress)
+        return Path(output_dir)
+    if split not in ("train", "test"):
+        raise PdfgcError(f"unknown split {split!r} (train, test or all)")
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     index = root / "index.jsonl"
@@ -88,12 +97,13 @@ def export(output_dir: str | Path, world: WorldConfig, split: str = "train", fmt
     if index.exists():  # resume: clips already in the index are kept
         done = {json.loads(line)["clip"] for line in index.read_text().splitlines() if line.strip()}
     for speaker, c in tqdm(world.clip_ids(split), desc=f"export {split}", unit="clip", disable=not progress):
-        clip = render_clip(world.seed, speaker, c, world.num_frames, world.image_size)
         if fmt == "mp4":
-            write_mp4_clip(root, clip)
+            if not (root / f"{speaker:04d}" / f"{c:02d}.mp4").exists():
+                write_mp4_clip(root, render_clip(world.seed, speaker, c, world.num_frames, world.image_size))
             continue
-        if clip.name in done:
+        if f"s{speaker:04d}_c{c:02d}" in done:
             continue
+        clip = render_clip(world.seed, speaker, c, world.num_frames, world.image_size)
         entry = write_processed_clip(root, clip, split)
         with open(index, "a") as fh:  # one line per finished clip: survives interruption
             fh.write(json.dumps(entry) + "\n")
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     ints = ("seed", "num_speakers", "heldout_speakers", "clips_per_speaker", "image_size")
     world = WorldConfig(**{k: int(args[k]) for k in ints if k in args},
                         **({"clip_seconds": float(args["clip_seconds"])} if "clip_seconds" in args else {}))
-    out = export(args["output_dir"], world, args.get("split", "train"), args.get("format", "processed"))
+    out = export(args["output_dir"], world, args.get("split", "all"), args.get("format", "processed"))
     print(out)
 
 
