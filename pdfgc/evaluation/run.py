@@ -24,7 +24,7 @@ def run(cfg: DictConfig) -> dict:
     nets = load_eval_networks(cfg.checkpoint, networks=cfg.networks, device=cfg.device)
     dm = hydra.utils.instantiate(cfg.data, image_size=nets.image_size)  # data at the networks' side
     test_pool = dm.pool("test")
-    cache = Path(dm.cache_dir or out_dir) / f"oracle_{dm.world.cache_key('train')}.pt"
+    cache = Path(dm.cache_dir or out_dir) / f"oracle_{dm.world.cache_key('train')}_{int(cfg.oracle.steps)}steps.pt"
     oracle, oracle_report = get_oracle(cfg.oracle.path, cache, dm.pool("train") if not cfg.oracle.path else None,
                                        test_pool, int(cfg.oracle.steps), int(cfg.oracle.batch_size), int(cfg.seed))
     with torch.inference_mode():
