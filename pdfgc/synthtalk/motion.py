@@ -35,7 +35,7 @@ STREAM_POSE, STREAM_GAZE, STREAM_BLINK, STREAM_SPEECH, STREAM_EMOTION = 1, 2, 3,
 # Clip-level ranges (documented in the report): the per-clip base value is drawn uniformly in
 # +-BASE, a smooth drift of standard deviation DRIFT is added, and the sum is clipped to +-LIMIT.
 POSE_BASE = np.array([0.35, 0.15, 0.10, 0.03, 0.03, 0.08], np.float32)
-POSE_DRIFT = np.array([0.12, 0.07, 0.05, 0.015, 0.012, 0.03], np.float32)
+POSE_DRIFT = np.array([0.15, 0.08, 0.05, 0.015, 0.012, 0.03], np.float32)
 POSE_LIMIT = np.array([0.60, 0.35, 0.25, 0.08, 0.08, 0.15], np.float32)
 GAZE_LIMIT = np.array([0.55, 0.38], np.float32)  # |x|, |y| radians
 
@@ -121,11 +121,12 @@ def smoothstep(x: np.ndarray) -> np.ndarray:
 def pose_trajectory(rng: np.random.Generator, num_frames: int) -> np.ndarray:
     """Head pose labels ``(F, 6)`` float32: a per-clip base pose plus a slow smooth drift.
 
-    Two time scales (about 1.2 s and 0.4 s) give slow turns with some nodding.
+    Two time scales (about 0.6 s and 0.2 s) give turns with some nodding, so that a short clip
+    already covers a range of poses (frames of one clip are otherwise near-duplicates).
     """
     base = rng.uniform(-1.0, 1.0, 6).astype(np.float32) * POSE_BASE
-    slow = smooth_noise(rng, num_frames, 30.0, 6)
-    fast = smooth_noise(rng, num_frames, 10.0, 6)
+    slow = smooth_noise(rng, num_frames, 15.0, 6)
+    fast = smooth_noise(rng, num_frames, 5.0, 6)
     drift = (0.85 * slow + 0.5 * fast) * POSE_DRIFT
     return np.clip(base + drift, -POSE_LIMIT, POSE_LIMIT).astype(np.float32)
 

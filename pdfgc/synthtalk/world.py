@@ -28,7 +28,7 @@ from pdfgc.synthtalk.clips import Clip, render_clip
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
-CACHE_VERSION = 3  # bump when rendering changes, so stale caches are not reused
+CACHE_VERSION = 4  # bump when rendering changes, so stale caches are not reused
 
 
 @dataclass(frozen=True)
