@@ -66,8 +66,9 @@ def test_forward_shapes_any_size():
     for size in (16, 32, 64):
         o = FactorOracle(size, width=4, hidden=16).eval()
         out = o(torch.zeros(2, 3, size, size))
+        # The default oracle reads eyes and mouth from patches, so it also returns its boxes.
         assert {k: tuple(v.shape) for k, v in out.items()} == {
-            "pose": (2, 6), "gaze": (2, 4), "blink": (2, 2), "mouth": (2, 2), "emotion": (2, 8)}
+            "pose": (2, 6), "gaze": (2, 4), "blink": (2, 2), "mouth": (2, 2), "emotion": (2, 8), "boxes": (2, 12)}
     with pytest.raises(ValueError):
         FactorOracle(48)
 

@@ -78,7 +78,7 @@ def test_every_experiment_runs_one_fast_dev_run_step(experiment, tmp_path, world
     ("synthtalk/stage3", "train/l1", 60),
 ])
 def test_each_stage_loss_goes_down_on_an_overfit_batch(experiment, key, steps, tmp_path, world_cache):
-    cfg = compose_train([f"experiment={experiment}", *tiny(world_cache), "model.optimizer.lr=2e-3"], tmp_path)
+    cfg = compose_train([f"experiment={experiment}", *tiny(world_cache)], tmp_path)
     pl.seed_everything(0)
     datamodule, model = build(cfg)
     rec = Recorder(key)
