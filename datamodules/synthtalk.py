@@ -155,8 +155,8 @@ class SynthTalkDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, mode: str = "reconstruction", image_size: int = 64, seed: int = 0,
-                 num_speakers: int = 200, heldout_speakers: int = 40, clips_per_speaker: int = 2,
-                 clip_seconds: float = 2.0, batch_size: int = 16, num_workers: int = 0,
+                 num_speakers: int = 200, heldout_speakers: int = 40, clips_per_speaker: int = 4,
+                 clip_seconds: float = 1.0, batch_size: int = 16, num_workers: int = 0,
                  samples_per_epoch: int = 100_000, val_samples: int = 64, num_lip_steps: int = 5,
                  emotion_window: int = 5, cache_dir: str | None = None, render_workers: int = 2,
                  pin_memory: bool = False, lip_min_gap: int = 3, eye_blink_prob: float = 0.3) -> None:

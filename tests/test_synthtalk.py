@@ -110,9 +110,11 @@ def test_emotion_classes_move_brows_and_mouth_corners_as_documented():
     _, ident, f = render_with(speaker=speaker)
     eb = rd.eye_boxes(ident, f["pose"], size)[0]
     x0, x1 = int(eb[0, 0]), int(eb[1, 2])
-    by0, by1 = int(eb[0, 1] - 0.35 * ident.unit * size), int(eb[0, 1] + 4)
     centre = rd.project(ident, f["pose"], np.array([[[0.0, ident.mouth_y, 1.0]]]), size)[0, 0]
     unit = ident.unit * size
+    eye_row = centre[1] - (ident.mouth_y - ident.eye_y) * unit  # frontal pose: rows are linear in v
+    # from well above the highest brow down to just above the upper lashes (lash-dark is brow-like)
+    by0, by1 = int(eye_row - (ident.brow_gap + 0.3) * unit), int(eye_row - (ident.eye_top + 0.035) * unit)
     my0, my1 = int(centre[1] - 0.2 * unit), int(centre[1] + 0.2 * unit)
     mx0, mx1 = int(centre[0] - 0.5 * unit), int(centre[0] + 0.5 * unit)
     geometry = {}

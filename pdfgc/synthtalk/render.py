@@ -26,7 +26,7 @@ from . import identity as idm
 from .identity import Identity
 from .motion import effect
 
-EYEBALL_RADIUS = 0.2  # head units: gaze angle g moves the iris by EYEBALL_RADIUS * sin(g)
+EYEBALL_RADIUS = 0.24  # head units: gaze angle g moves the iris by EYEBALL_RADIUS * sin(g)
 MOUTH_MAX_GAP = 0.3  # head units: lip gap at opening 1 (40 % above, 60 % below the lip line), ~6 px at 64 px
 MOUTH_WIDTH_GAIN = 0.3  # relative change of the mouth half-width per unit of width
 
@@ -143,7 +143,7 @@ def eye_boxes(ident: Identity, pose: np.ndarray, size: int, margin: float = 0.04
     included; it does not depend on gaze, blink or emotion.
     """
     out = []
-    ht = ident.eye_top * 1.6 + margin
+    ht = ident.eye_top * 1.6 + 0.06 + margin  # widest: surprise plus the lid following an upward gaze
     for sgn in (-1.0, 1.0):
         ex = sgn * ident.eye_x
         uu = np.array([ex - ident.eye_w - margin, ex + ident.eye_w + margin, ex, ex, ex - ident.eye_w, ex + ident.eye_w])
@@ -361,17 +361,21 @@ def render(ident: Identity, pose: np.ndarray, gaze: np.ndarray, blink: np.ndarra
         if S.empty:
             continue
         ue, ve = S.u - ec, S.v - ident.eye_y
-        prof = 1.0 - (ue / ident.eye_w) ** 2
+        # A full almond (exponent 2.6, not a lens) keeps the iris visible near the corners.
+        prof = 1.0 - np.abs(ue / ident.eye_w) ** 2.6
         bk = _col(blink[:, k])
-        yup = (-ht_all + bk * (ht_all + hb_all + 0.012)) * prof
-        ylo = hb_all * prof
+        gx = EYEBALL_RADIUS * np.sin(_col(gaze[:, 2 * k]))
+        gy = EYEBALL_RADIUS * np.sin(_col(gaze[:, 2 * k + 1]))
+        # The lids follow vertical gaze (as real lids do), so the iris stays in view.
+        ht = np.maximum(ht_all - 0.6 * gy, 0.02)
+        hb = np.maximum(hb_all + 0.4 * gy, 0.02)
+        yup = (-ht + bk * (ht + hb + 0.012)) * prof
+        ylo = hb * prof
         # -prof bounds the almond at the corners (outside them the lid curves would cross).
         a_open = _aa(np.maximum(np.maximum(yup - ve, ve - ylo), -0.05 * prof))
         # The lid crease above the eye.
         crease = -(ident.eye_top + 0.05) * np.clip(prof, 0, 1) ** 0.8
         _over(S.alb, _aa(np.maximum(np.abs(ve - crease) - 0.012, -0.05 * prof)) * 0.35, skin * 0.6)
-        gx = EYEBALL_RADIUS * np.sin(_col(gaze[:, 2 * k]))
-        gy = EYEBALL_RADIUS * np.sin(_col(gaze[:, 2 * k + 1]))
         sclera_shade = 0.82 + 0.18 * np.clip((ve - yup) / 0.06, 0, 1)  # shadow under the upper lid
         _over(S.alb, a_open, idm.SCLERA * sclera_shade[..., None])
         di = np.hypot(ue - gx, ve - gy)

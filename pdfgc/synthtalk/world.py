@@ -28,7 +28,7 @@ from pdfgc.synthtalk.clips import Clip, render_clip
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
-CACHE_VERSION = 4  # bump when rendering changes, so stale caches are not reused
+CACHE_VERSION = 5  # bump when rendering changes, so stale caches are not reused
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ class WorldConfig:
     seed: int = 0
     num_speakers: int = 200
     heldout_speakers: int = 40
-    clips_per_speaker: int = 2
-    clip_seconds: float = 2.0
+    clips_per_speaker: int = 4
+    clip_seconds: float = 1.0
     image_size: int = 64
 
     @property
