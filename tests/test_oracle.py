@@ -15,6 +15,7 @@ from pdfgc.metrics.oracle import (
     load_oracle,
     oracle_arrays_from_clips,
     save_oracle,
+    synthtalk_oracle_data,
     train_oracle,
 )
 
@@ -38,8 +39,13 @@ def _toy_images(n_speakers=6, per_speaker=100, seed=0):
     n_dims = sum(FACTOR_DIMS.values())
     bases = np.stack([smooth_pattern() for _ in range(n_dims)])  # (D, 3, S, S)
     emo_pat = np.stack([smooth_pattern() for _ in range(8)])
-    out = {k: [] for k in ("images", *FACTOR_DIMS, "emotion", "speaker")}
+    out = {k: [] for k in ("images", *FACTOR_DIMS, "emotion", "speaker", "eye_boxes", "mouth_box")}
+    eye0, eye1, mouth = np.array([0.2, 0.3, 0.4, 0.45]), np.array([0.6, 0.3, 0.8, 0.45]), np.array([0.3, 0.65, 0.7, 0.85])
     for spk in range(n_speakers):
+        # Feature boxes (fractions of the side), moved a little per frame like a head would.
+        shift = np.tile(rng.normal(0, 0.02, (per_speaker, 1, 2)), (1, 1, 2))
+        out["eye_boxes"].append((np.stack([eye0, eye1])[None] + shift).astype(np.float32))
+        out["mouth_box"].append((mouth[None] + shift[:, 0]).astype(np.float32))
         bg = 0.3 * smooth_pattern()
         f = {k: rng.uniform(-1, 1, (per_speaker, d)).astype(np.float32)
              for k, d in FACTOR_DIMS.items()}
@@ -57,8 +63,8 @@ def _toy_images(n_speakers=6, per_speaker=100, seed=0):
 @pytest.fixture(scope="module")
 def trained():
     data = _toy_images()
-    oracle, report = train_oracle(data, steps=250, batch_size=32, lr=3e-3, seed=0, width=8,
-                                  hidden=64, num_threads=1)
+    oracle, report = train_oracle(data, steps=200, batch_size=32, lr=3e-3, seed=0, width=8,
+                                  hidden=64, patch_width=8, num_threads=1)
     return data, oracle, report
 
 
@@ -85,6 +91,8 @@ def test_read_accepts_uint8_and_other_sizes():
 def test_training_beats_trivial_baseline(trained):
     data, oracle, report = trained
     ev = report["eval"]
+    assert oracle.patches and report["config"]["patches"]  # boxes in the data: patch readers
+    assert ev["boxes/centre_err_px"] < 2.0
     assert report["eval_speakers"] and set(report["eval_speakers"]).isdisjoint(report["train_speakers"])
     # Trivial baseline: predicting the training mean gives R² <= 0, majority class ~1/8.
     for k in FACTOR_DIMS:
@@ -92,7 +100,17 @@ def test_training_beats_trivial_baseline(trained):
     assert np.mean([ev[f"{k}/r2"] for k in FACTOR_DIMS]) > 0.6, ev
     majority = np.bincount(data["emotion"]).max() / len(data["emotion"])
     assert ev["emotion/accuracy"] > majority + 0.3, ev
-    assert report["steps"] == 250 and report["seconds"] > 0
+    assert report["steps"] == 200 and report["seconds"] > 0
+
+
+def test_trains_without_boxes():
+    data = {k: v for k, v in _toy_images(n_speakers=3, per_speaker=40).items()
+            if k not in ("eye_boxes", "mouth_box")}
+    oracle, report = train_oracle(data, steps=5, batch_size=16, width=4, hidden=16, num_threads=1)
+    assert not oracle.patches and "boxes" not in oracle.read(data["images"][:2])
+    assert set(report["eval"]) >= {"pose/r2", "emotion/accuracy"}
+    with pytest.raises(ValueError, match="eye_boxes"):
+        train_oracle(data, steps=1, patches=True)
 
 
 def test_readings_feed_control_transfer(trained):
@@ -158,3 +176,14 @@ def test_arrays_from_clips():
     assert np.array_equal(d["gaze"][3:], clips[1]["gt_gaze"][::2])
     raw = oracle_arrays_from_clips(clips[:1], crop=False)
     assert np.array_equal(raw["images"], clips[0]["frames"])
+
+
+def test_synthtalk_oracle_data():
+    d = synthtalk_oracle_data(num_speakers=2, frames_per_speaker=3, image_size=32, seed=1)
+    assert d["images"].shape == (6, 32, 32, 3) and d["images"].dtype == np.uint8
+    assert {k: d[k].shape[1:] for k in FACTOR_DIMS} == {k: (v,) for k, v in FACTOR_DIMS.items()}
+    assert d["eye_boxes"].shape == (6, 2, 4) and d["mouth_box"].shape == (6, 4)
+    assert 0 <= d["eye_boxes"].min() and d["mouth_box"].max() <= 1  # fractions of the side
+    assert d["speaker"].min() >= 100_000  # ids no world split uses
+    again = synthtalk_oracle_data(num_speakers=2, frames_per_speaker=3, image_size=32, seed=1)
+    assert all(np.array_equal(d[k], again[k]) for k in d)  # deterministic

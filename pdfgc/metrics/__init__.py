@@ -36,6 +36,7 @@ from .oracle import (
     load_oracle,
     oracle_arrays_from_clips,
     save_oracle,
+    synthtalk_oracle_data,
     train_oracle,
 )
 from .report import flatten_disentanglement, flatten_metrics, render_heatmap, write_report
@@ -67,6 +68,7 @@ __all__ = [
     "render_heatmap",
     "save_oracle",
     "split_by_group",
+    "synthtalk_oracle_data",
     "train_oracle",
     "write_report",
 ]

@@ -6,10 +6,20 @@ small network, :class:`FactorOracle`, to read ``pose (6)``, ``gaze (4)``, ``blin
 ``mouth (2)`` and ``emotion`` (8 logits) from a frame; generated frames are then scored by
 comparing the oracle's reading with the driver's ground truth (:mod:`pdfgc.metrics.control`).
 
-The oracle is trained on the *train* speakers and evaluated on held-out speakers, so its
-accuracy report says how well it generalises to faces it has not seen, which is what generated
-frames are. Its input is what the generator produces: ``(3, S, S)`` float in [-1, 1], S = 64 by
-default (any power-of-two side >= 8; other sizes are resized by :meth:`FactorOracle.read`).
+The oracle is trained on some speakers and evaluated on held-out speakers, so its accuracy
+report says how well it generalises to faces it has not seen, which is what generated frames
+are. Its input is what the generator produces: ``(3, S, S)`` float in [-1, 1] after the
+official crop, S = 64 by default (any power-of-two side >= 16; other sizes are resized by
+:meth:`FactorOracle.read`).
+
+Recommended recipe (64 px)::
+
+    data = synthtalk_oracle_data(2000, 6)            # 12k frames, independent factors
+    oracle, report = train_oracle(data, steps=800, batch_size=64, lr=3e-3,
+                                  eval_data=arrays_of_the_test_pool, num_threads=1)
+
+Training on a world clip pool instead overfits its few clips (see
+:func:`synthtalk_oracle_data`).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ __all__ = [
     "load_oracle",
     "oracle_arrays_from_clips",
     "save_oracle",
+    "synthtalk_oracle_data",
     "train_oracle",
 ]
 
@@ -49,7 +60,8 @@ EXTRA_KEYS = ("eye_boxes", "mouth_box", "emotion_intensity")
 # Regression outputs in this order; emotion (classification) comes after them.
 FACTOR_DIMS: dict[str, int] = {"pose": 6, "gaze": 4, "blink": 2, "mouth": 2}
 NUM_EMOTIONS = 8
-PATCH_FEATURES = 64  # features per eye / mouth patch
+LOSS_WEIGHTS = {"gaze": 2.0, "boxes": 0.5}
+PATCH_FEATURES = 32  # per-patch summary features for the emotion head
 _FORMAT = "pdfgc-factor-oracle"
 _VERSION = 1
 
@@ -146,17 +158,19 @@ class FactorOracle(nn.Module):
             pw, f = patch_width, PATCH_FEATURES
             eye_cnn, ce = _pyramid(3, pw, self.EYE_PATCH[0], 4, 2 * pw)
             mouth_cnn, cm = _pyramid(3, pw, self.MOUTH_PATCH[0], 3, 2 * pw)
-            self.eye_cnn = nn.Sequential(eye_cnn, nn.Flatten(), nn.Linear(ce * 16, f),
-                                         nn.ReLU(inplace=True))
-            self.mouth_cnn = nn.Sequential(mouth_cnn, nn.Flatten(), nn.Linear(cm * 18, f),
-                                           nn.ReLU(inplace=True))
-            # + 2: which eye (one shared reader for both; the eyes' statistics differ slightly).
-            self.eye_head = nn.Sequential(nn.Linear(f + hidden + 2, hidden // 2),
+            self.eye_cnn = nn.Sequential(eye_cnn, nn.Flatten())
+            self.mouth_cnn = nn.Sequential(mouth_cnn, nn.Flatten())
+            n_eye, n_mouth = ce * 4 * 4, cm * 3 * 6
+            # The readers see the flattened patch maps directly (a narrow projection in between
+            # halved the gaze R² in a 3-minute run); + 2: which eye (one shared reader).
+            self.eye_head = nn.Sequential(nn.Linear(n_eye + hidden + 2, hidden // 2),
                                           nn.ReLU(inplace=True), nn.Linear(hidden // 2, 3))
-            self.mouth_head = nn.Sequential(nn.Linear(f + hidden, hidden // 2),
+            self.mouth_head = nn.Sequential(nn.Linear(n_mouth + hidden, hidden // 2),
                                             nn.ReLU(inplace=True), nn.Linear(hidden // 2, 2))
             # Emotion shows in the brows, lids and mouth corners: read it from the whole face
-            # and the full-resolution patches together.
+            # plus narrow summaries of the full-resolution patches.
+            self.eye_summary = nn.Sequential(nn.Linear(n_eye, f), nn.ReLU(inplace=True))
+            self.mouth_summary = nn.Sequential(nn.Linear(n_mouth, f), nn.ReLU(inplace=True))
             self.emotion_head = nn.Sequential(nn.Linear(3 * f + hidden, hidden // 2),
                                               nn.ReLU(inplace=True),
                                               nn.Linear(hidden // 2, num_emotions))
@@ -219,7 +233,8 @@ class FactorOracle(nn.Module):
         gaze_z = e[..., :2].reshape(B, 4)  # (x0, y0, x1, y1)
         blink_z = e[..., 2]
         mouth_z = self.mouth_head(torch.cat([fm, h], 1))
-        logits = self.emotion_head(torch.cat([h, fe.reshape(B, -1), fm], 1))
+        summary = [h, self.eye_summary(fe).reshape(B, -1), self.mouth_summary(fm)]
+        logits = self.emotion_head(torch.cat(summary, 1))
         return torch.cat([pose_z, gaze_z, blink_z, mouth_z, box_z], 1), logits
 
     def split(self, z: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -351,6 +366,77 @@ def oracle_arrays_from_clips(
     return {k: np.concatenate(v) for k, v in cols.items()}
 
 
+def synthtalk_oracle_data(
+    num_speakers: int = 2000,
+    frames_per_speaker: int = 6,
+    image_size: int = 64,
+    seed: int = 0,
+    first_speaker: int = 100_000,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Render oracle training frames from SynthTalk with *independent* factors per frame.
+
+    Why not the world's clip pool: a pool has few clips (400 by default), so emotion is one
+    label per clip and neighbouring frames are near copies; an oracle trained on it memorises
+    clips (measured: train accuracy 1.0, held-out 0.52; gaze R² 0.89 vs 0.38). Here every
+    frame has its own pose, gaze, blink, mouth and emotion, drawn to cover each factor's range
+    evenly (half the frames blink, partial closures included; gaze over its whole range), on
+    many speakers whose ids (from ``first_speaker``) no world split uses.
+
+    Returns:
+        oracle arrays (see :func:`train_oracle`): ``images (N,S,S,3)`` uint8 after the official
+        crop, ``pose, gaze, blink``, ``mouth`` = the *drawn* mouth (speech + emotion: what is
+        visible), ``emotion``, ``emotion_intensity``, ``eye_boxes``/``mouth_box`` in [0, 1]
+        of the cropped frame, ``speaker``. N = num_speakers * frames_per_speaker.
+    """
+    from pdfgc.synthtalk import identity as idm
+    from pdfgc.synthtalk import motion as mo
+    from pdfgc.synthtalk import render as rd
+    from pdfgc.synthtalk.world import crop_boxes
+    from pdfgc.video import official_crop
+
+    rng = np.random.default_rng([seed, first_speaker, 0x0AC1E])
+    n, size = frames_per_speaker, image_size
+    pose_range = np.minimum(mo.POSE_BASE + 2 * mo.POSE_DRIFT, mo.POSE_LIMIT)
+    cols: dict[str, list[np.ndarray]] = {}
+    speakers = range(first_speaker, first_speaker + num_speakers)
+    if progress:
+        from tqdm import tqdm
+
+        speakers = tqdm(speakers, desc="oracle frames", unit="speaker", leave=False)
+    for spk in speakers:
+        ident = idm.sample_identity(seed, spk)
+        pose = (rng.uniform(-1, 1, (n, 6)) * pose_range).astype(np.float32)
+        g = rng.uniform(-1, 1, (n, 2)) * mo.GAZE_LIMIT
+        verg = rng.normal(0.0, 0.02, n)
+        gaze = np.stack([g[:, 0] + verg, g[:, 1], g[:, 0] - verg, g[:, 1]], 1).astype(np.float32)
+        closure = np.where(rng.uniform(size=n) < 0.5, 0.0, rng.uniform(0, 1, n))
+        blink = np.stack([closure, closure], 1)
+        wink = rng.uniform(size=n) < 0.15
+        blink[wink, rng.integers(0, 2, int(wink.sum()))] = rng.uniform(0, 1, int(wink.sum()))
+        speech = np.stack([rng.uniform(0, 1, n), rng.uniform(-1, 1, n)], 1).astype(np.float32)
+        emotion = rng.integers(0, mo.NUM_EMOTIONS, n)
+        intensity = np.where(emotion == 0, 0.0, rng.uniform(0.3, 1.0, n)).astype(np.float32)
+        effects = mo.emotion_effects(emotion, intensity)
+        mouth = rd.compose_mouth(speech, effects)
+        frames = rd.render(ident, pose, gaze, blink.astype(np.float32), mouth, effects, size)
+        cropped = torch.stack([official_crop(f, size) for f in frames])
+        cols.setdefault("images", []).append(
+            ((cropped.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
+        for k, v in (("pose", pose), ("gaze", gaze), ("blink", blink), ("mouth", mouth),
+                     ("emotion", emotion), ("emotion_intensity", intensity),
+                     ("eye_boxes", crop_boxes(rd.eye_boxes(ident, pose, size), size) / size),
+                     ("mouth_box", crop_boxes(rd.mouth_box(ident, pose, size), size) / size),
+                     ("speaker", np.full(n, spk))):
+            cols.setdefault(k, []).append(np.asarray(v))
+    out = {k: np.concatenate(v) for k, v in cols.items()}
+    for k in ("pose", "gaze", "blink", "mouth", "emotion_intensity", "eye_boxes", "mouth_box"):
+        out[k] = out[k].astype(np.float32)
+    out["emotion"] = out["emotion"].astype(np.int64)
+    out["speaker"] = out["speaker"].astype(np.int64)
+    return out
+
+
 # ------------------------------------------------------------------------------ training
 
 
@@ -383,9 +469,9 @@ def evaluate_oracle(
 
 def train_oracle(
     data: Any,
-    steps: int = 1500,
+    steps: int = 800,
     batch_size: int = 64,
-    lr: float = 2e-3,
+    lr: float = 3e-3,
     seed: int = 0,
     *,
     eval_data: Mapping[str, Any] | None = None,
@@ -495,6 +581,14 @@ def _train(data, steps, batch_size, lr, seed, *, eval_data, eval_fraction, image
     oracle.target_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
     z_targets = (targets - mean) / oracle.target_std.cpu()
 
+    # One loss term per factor (mean over its dims), so the 12 easy box numbers do not outweigh
+    # the 4 gaze numbers; gaze, the subtlest signal (1-2 px), counts double.
+    names = list(FACTOR_DIMS) + (["boxes"] if patches else [])
+    dims = list(FACTOR_DIMS.values()) + ([12] if patches else [])
+    ends = np.cumsum(dims).tolist()
+    spans = list(zip([0] + ends[:-1], ends))
+    weights = [LOSS_WEIGHTS.get(k, 1.0) for k in names]
+
     opt = torch.optim.AdamW(oracle.parameters(), lr=lr, weight_decay=1e-4)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -518,8 +612,10 @@ def _train(data, steps, batch_size, lr, seed, *, eval_data, eval_fraction, image
             boxes[..., 2:] *= torch.exp(box_jitter * torch.randn(size.shape, generator=gen))
             boxes = boxes.reshape(-1, 12).to(device)
         z, logits = oracle.raw(x.to(device), boxes)
-        loss = F.mse_loss(z, z_targets[idx].to(device))
-        loss = loss + F.cross_entropy(logits, labels[idx].to(device))
+        se = (z - z_targets[idx].to(device)) ** 2
+        loss = F.cross_entropy(logits, labels[idx].to(device))
+        for (a, b), w in zip(spans, weights):
+            loss = loss + w * se[:, a:b].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
