@@ -265,6 +265,8 @@ def test_world_clip_api_gives_full_clips():
     assert c.pose.shape == (10, 6) and c.gaze.shape == (10, 4) and c.blink.shape == (10, 2)
     assert c.mouth.shape == (10, 2) and c.emotion_intensity.shape == (10,) and 0 <= c.emotion < 8
     assert np.array_equal(world.render_clip(2, 0).frames, c.frames)
+    gt = c.as_dict()
+    assert gt["emotion"].shape == (10,) and gt["frames"] is c.frames and gt["mouth_drawn"].shape == (10, 2)
 
 
 def test_eye_anchor_is_the_negative_with_the_positives_eye_strip():

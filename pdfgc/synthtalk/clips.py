@@ -61,6 +61,20 @@ class Clip:
     def num_frames(self) -> int:
         return len(self.frames)
 
+    @property
+    def ground_truth(self) -> dict:
+        """Per-frame ground truth: ``pose (F,6)``, ``gaze (F,4)``, ``blink (F,2)``, ``mouth (F,2)``,
+        ``mouth_drawn (F,2)``, ``emotion (F,)`` int64, ``emotion_intensity (F,)``."""
+        gt = {k: getattr(self, k) for k in GT_KEYS}
+        gt["emotion"] = np.full(self.num_frames, self.emotion, np.int64)
+        return gt
+
+    def as_dict(self) -> dict:
+        """Frames, audio, mel, boxes, ground truth and ``speaker``/``clip`` as one plain dict
+        (the mapping form :func:`pdfgc.metrics.oracle.oracle_arrays_from_clips` reads)."""
+        return {"frames": self.frames, "waveform": self.waveform, "mel": self.mel, "eye_boxes": self.eye_boxes,
+                "mouth_box": self.mouth_box, "speaker": self.speaker, "clip": self.clip, **self.ground_truth}
+
 
 def draw_factors(seed: int, speaker: int, clip: int, num_frames: int) -> dict:
     """All factor trajectories and the speech of a clip, without rendering (cheap)."""
