@@ -63,7 +63,7 @@ NUM_EMOTIONS = 8
 LOSS_WEIGHTS = {"gaze": 2.0, "boxes": 0.5}
 PATCH_FEATURES = 32  # per-patch summary features for the emotion head
 _FORMAT = "pdfgc-factor-oracle"
-_VERSION = 1
+_VERSION = 2  # 2: patch readers (v1 files, whole-image only, are not read)
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -107,8 +107,8 @@ class FactorOracle(nn.Module):
       the mouth are (``boxes``: centre and size of each, fractions of the side);
     - with ``patches`` (default), *patch readers*: the eyes (one shared CNN, 16x16 each) and the
       mouth (12x24) are resampled at full resolution from the boxes (torchvision ``roi_align``)
-      and read with the trunk's features appended (the mouth label is the speech part, so the
-      mouth reader must know the emotion). Gaze is a 1-2 px iris shift on a 64 px face: a
+      and read with the trunk's features appended (so a mouth label that excludes the
+      emotion's share can still be learned). Gaze is a 1-2 px iris shift on a 64 px face: a
       whole-image CNN trained for minutes never picked it up (R² 0.0), the patch reader does.
 
     While training, the patches are cut at the ground-truth boxes (jittered); when reading,
