@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The world and budgets of the demo (README "The demo"): small enough for about 20 minutes on
 # 2 CPU cores, large enough that held-out speakers are really unseen (120 train, 24 test).
-WORLD = ["data.num_speakers=120", "data.heldout_speakers=24", "data.clips_per_speaker=2", "data.clip_seconds=2.0"]
+WORLD = ["data.num_speakers=120", "data.heldout_speakers=24", "data.clips_per_speaker=4", "data.clip_seconds=1.0"]
 
 
 def run_step(name: str, args: list[str], log_dir: Path) -> list[str]:

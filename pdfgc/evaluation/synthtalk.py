@@ -134,8 +134,8 @@ def evaluate_synthtalk(nets, pool, oracle, *, emotion_window: int = 5, num_pairs
         for f in CONTROL_FACTORS:
             frames = render(nets, portrait, drive(all_codes[a], all_codes[b], f))
             reading = oracle.read(frames)
-            key = "mouth" if f == "mouth" else f
-            generated[f].append(reading["emotion"] if f == "emotion" else reading[key][:, :1] if f == "mouth" else reading[key])
+            # The mouth is scored on its opening only (what the audio implies); emotion on logits.
+            generated[f].append(reading["mouth"][:, :1] if f == "mouth" else reading[f])
             driver_truth[f].append(factor_truth(pool, b, f))
             source_truth[f].append(factor_truth(pool, a, f))
     cat = lambda xs: np.concatenate([np.asarray(x) for x in xs])  # noqa: E731
