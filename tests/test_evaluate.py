@@ -29,7 +29,7 @@ def export_dir(tmp_path_factory):
 def test_evaluate_writes_the_report_contract(export_dir, tmp_path):
     out = tmp_path / "eval"
     cmd = [sys.executable, "evaluate.py", f"checkpoint={export_dir}", *WORLD, f"data.cache_dir={tmp_path / 'cache'}",
-           "oracle.steps=5", "oracle.batch_size=8", "num_pairs=2", f"hydra.run.dir={out}"]
+           "oracle.steps=5", "oracle.batch_size=8", "oracle.speakers=10", "num_pairs=2", f"hydra.run.dir={out}"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == f"report: {out / 'metrics.json'}"

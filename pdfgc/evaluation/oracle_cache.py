@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdfgc.metrics.oracle import load_oracle, save_oracle, train_oracle
+from pdfgc.metrics.oracle import load_oracle, save_oracle, synthtalk_oracle_data, train_oracle
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +29,22 @@ def oracle_arrays(pool, frame_stride: int = 1) -> dict[str, np.ndarray]:
     }
 
 
-def get_oracle(path: str | None, cache_path: Path, train_pool, test_pool, steps: int, batch_size: int,
-               seed: int = 0):
-    """``(oracle, report)``: from ``path`` if given, else the cached one, else trained now and cached."""
+def get_oracle(path: str | None, cache_path: Path, test_pool, steps: int, batch_size: int, speakers: int,
+               image_size: int, seed: int = 0):
+    """``(oracle, report)``: from ``path`` if given, else the cached one, else trained now and cached.
+
+    Trained on frames with independent factors per frame from speakers no world split uses
+    (:func:`~pdfgc.metrics.oracle.synthtalk_oracle_data`): trained on the clip pool it memorises
+    clips (one emotion per clip, near-duplicate frames). Scored on the held-out ``test_pool``.
+    """
     if path:
         return load_oracle(path), {}
     if cache_path.exists():
         log.info("factor oracle from cache %s", cache_path)
         return load_oracle(cache_path), {}
-    log.info("training the factor oracle (%d steps); cached at %s for later runs", steps, cache_path)
-    oracle, report = train_oracle(oracle_arrays(train_pool, frame_stride=2), steps=steps, batch_size=batch_size,
-                                  seed=seed, eval_data=oracle_arrays(test_pool, frame_stride=2))
+    log.info("training the factor oracle (%d steps on %d speakers); cached at %s", steps, speakers, cache_path)
+    data = synthtalk_oracle_data(num_speakers=speakers, image_size=image_size, seed=seed, progress=True)
+    oracle, report = train_oracle(data, steps=steps, batch_size=batch_size, seed=seed,
+                                  eval_data=oracle_arrays(test_pool, frame_stride=2), num_threads=1)
     save_oracle(oracle, cache_path, extra={"report": report})
     return oracle, report

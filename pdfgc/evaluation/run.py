@@ -24,9 +24,11 @@ def run(cfg: DictConfig) -> dict:
     nets = load_eval_networks(cfg.checkpoint, networks=cfg.networks, device=cfg.device)
     dm = hydra.utils.instantiate(cfg.data, image_size=nets.image_size)  # data at the networks' side
     test_pool = dm.pool("test")
-    cache = Path(dm.cache_dir or out_dir) / f"oracle_{dm.world.cache_key('train')}_{int(cfg.oracle.steps)}steps.pt"
-    oracle, oracle_report = get_oracle(cfg.oracle.path, cache, dm.pool("train") if not cfg.oracle.path else None,
-                                       test_pool, int(cfg.oracle.steps), int(cfg.oracle.batch_size), int(cfg.seed))
+    o = cfg.oracle
+    cache = Path(dm.cache_dir or out_dir) / (f"oracle_{int(o.speakers)}spk_{int(o.steps)}steps_"
+                                              f"{nets.image_size}px_seed{int(cfg.seed)}.pt")
+    oracle, oracle_report = get_oracle(o.path, cache, test_pool, int(o.steps), int(o.batch_size), int(o.speakers),
+                                       nets.image_size, int(cfg.seed))
     with torch.inference_mode():
         metrics, result, details = evaluate_synthtalk(nets, test_pool, oracle, emotion_window=int(cfg.emotion_window),
                                                       num_pairs=int(cfg.num_pairs), probe_seed=int(cfg.seed))

@@ -94,7 +94,7 @@ def factor_truth(pool, c: int, factor: str) -> np.ndarray:
     if factor == "emotion":
         return np.full(pool.num_frames, int(pool.emotion[c]))
     if factor == "mouth":
-        return pool.mouth[c][:, :1]
+        return pool.mouth_drawn[c][:, :1]  # the oracle reads the mouth as drawn (speech + emotion)
     return getattr(pool, factor)[c]
 
 
