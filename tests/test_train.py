@@ -52,6 +52,8 @@ class Recorder(pl.Callback):
 
 
 def fit(cfg, model, datamodule, max_steps: int, callbacks=(), **kwargs) -> pl.Trainer:
+    # No checkpoints: with logger=False Lightning would write them into the working directory.
+    kwargs.setdefault("enable_checkpointing", False)
     trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
                          callbacks=list(callbacks), **kwargs)
