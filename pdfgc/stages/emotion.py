@@ -70,6 +70,7 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
     slots = ("appearance", "motion", "audio", "generator", "discriminator")
     stage_name = "stage3_emotion"
     trained_heads = ("to_emo", "emo_embed")
+    sample_video_over_window = True   # the sample callback also writes a K-frame mp4 (one row per factor)
 
     def __init__(
         self,
