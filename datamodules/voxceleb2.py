@@ -106,7 +106,7 @@ class VoxCeleb2Dataset(Dataset):
 
     def _skip(self, c: int, reason: str) -> None:
         self.skipped += 1
-        if c not in self._bad:
+        if c not in self._bad:  # one warning per bad clip (per worker process)
             self._bad[c] = reason
             self._readers.pop(c, None)
             r = self.records[c]
@@ -114,16 +114,24 @@ class VoxCeleb2Dataset(Dataset):
 
     # ---- samples ---------------------------------------------------------------------------
     def __getitem__(self, index: int) -> dict:
-        for attempt in range(self.max_redraws):
-            # Attempt 0 draws exactly as SynthTalk does for the same (seed, index).
-            rng = np.random.default_rng([self.seed, int(index)] + ([attempt] if attempt else []))
-            c = int(rng.integers(len(self.records)))
-            try:
-                return self.sample(c, rng)
-            except CorruptClip as exc:
-                self._skip(c, str(exc))
-        raise PdfgcError(f"{self.max_redraws} draws in a row hit unusable clips (last: {self._bad.get(c)}); "
-                         "check the data root")
+        rng = np.random.default_rng([self.seed, int(index)])  # drawn exactly as SynthTalk draws
+        c = int(rng.integers(len(self.records)))
+        for attempt in range(1, self.max_redraws + 1):
+            if c not in self._bad:
+                try:
+                    return self.sample(c, rng)
+                except CorruptClip as exc:
+                    self._skip(c, str(exc))
+            else:
+                self.skipped += 1
+            # Redraw among the clips not (yet) known to be bad in this process.
+            good = [k for k in range(len(self.records)) if k not in self._bad]
+            if not good:
+                break
+            rng = np.random.default_rng([self.seed, int(index), attempt])
+            c = good[int(rng.integers(len(good)))]
+        raise PdfgcError(f"no usable clip found in {self.max_redraws} draws (last: {self._bad.get(c)}); "
+                         f"{len(self._bad)} of {len(self.records)} clips are unusable: check the data root")
 
     def sample(self, c: int, rng: np.random.Generator) -> dict:
         """The sample of the dataset's mode from clip ``c`` with frames drawn from ``rng``."""
