@@ -165,13 +165,13 @@ def _hash_unit(text: str, salt: str = "") -> float:
 def split_speakers(records: list[ClipRecord], heldout_fraction: float = 0.02) -> dict[str, list[str]]:
     """Speakers of ``train``, ``val`` and ``test``, disjoint, each sorted.
 
-    Held-out speakers are those of the index's ``test`` split; without any, the share
+    Held-out speakers are those with clips outside the ``train`` split; without any, the share
     ``heldout_fraction`` of speakers (at least one when there are two or more) chosen by hash.
     Validation gets about half the held-out speakers, test the rest; a single held-out speaker
     serves both (logged).
     """
     speakers = sorted({r.speaker for r in records})
-    heldout = sorted({r.speaker for r in records if r.split == "test"})
+    heldout = sorted({r.speaker for r in records if r.split != "train"})  # test (or val) clips
     if not heldout and len(speakers) > 1:
         ranked = sorted(speakers, key=_hash_unit)
         heldout = sorted(ranked[:max(1, int(round(heldout_fraction * len(speakers))))])
