@@ -26,7 +26,7 @@ from pdfgc.training import run
 from conftest import compose_train
 
 WORLD = WorldConfig(seed=0, num_speakers=4, heldout_speakers=2, clips_per_speaker=1, clip_seconds=1.0, image_size=64)
-JPEG_MEAN_TOLERANCE = 0.02  # mean |difference| in [-1, 1] units: ~2.5 grey levels (quality-95 JPEG at 64 px)
+JPEG_MEAN_TOLERANCE = 0.03  # mean |difference| in [-1, 1]: quality-95 JPEG at 64 px measures ~0.015 (2 grey levels)
 
 
 @pytest.fixture(scope="session")
@@ -266,3 +266,14 @@ def test_pcavs_layout_is_scanned_cached_and_read_like_the_index(exported, tmp_pa
     sample = again.dataset("train", 4)[0]
     assert "eye_open" not in sample and sample["eye_anchor"].shape == (3, 64, 64)
     assert any("no eyes.npy or landmarks.npy" in r.getMessage() for r in caplog.records)
+
+
+def test_pcavs_scan_works_on_a_read_only_root(exported, tmp_path, monkeypatch):
+    from datamodules import clip_index
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(clip_index, "atomic_write_text", refuse)  # root runs the tests: chmod would not stop it
+    root = pcavs_tree(exported, tmp_path / "pcavs")
+    assert len(load_index(root)) == 6 and not (root / SCANNED_INDEX_NAME).exists()
