@@ -154,11 +154,10 @@ class VoxCeleb2Dataset(Dataset):
             sample.update(frames=reader.images(ts), mels=reader.windows(ts), source=reader.images([src])[0])
         return sample
 
-    def eye_triplet(self, rng: np.random.Generator, reader: ClipReader) -> dict[str, torch.Tensor]:
-        """Positive and negative of one clip close in time, with the most different eye state
-        (at least ``eye_min_difference`` where possible) and a similar pose; anchor = negative
-        with the positive's eye strip (:data:`pdfgc.losses.masks.EYE_STRIP`, where the
-        alignment puts the eyes) pasted in. Without eye state: a random frame in the gap."""
+    def eye_frames(self, rng: np.random.Generator, reader: ClipReader) -> tuple[int, int]:
+        """Positive and negative frame of an eye triplet: close in time (``eye_gap``), the most
+        different eye state (at least ``eye_min_difference`` where possible), a similar pose.
+        Without eye state: a random frame in the gap."""
         F, eyes, pose = reader.num_frames, reader.eyes, reader.pose
         pos = int(rng.integers(F))
         if eyes is not None:
@@ -180,11 +179,18 @@ class VoxCeleb2Dataset(Dataset):
             neg = int(candidates[int(np.argmax(score))])
         if rng.uniform() < 0.5:  # the blink (or the larger excursion) is not always the positive
             pos, neg = neg, pos
+        return pos, neg
+
+    def eye_triplet(self, rng: np.random.Generator, reader: ClipReader) -> dict[str, torch.Tensor]:
+        """``eye_positive``, ``eye_negative`` (3, S, S) of :meth:`eye_frames`, ``eye_anchor`` = the
+        negative with the positive's eye strip (:data:`pdfgc.losses.masks.EYE_STRIP`, where the
+        alignment puts the eyes) pasted in, and ``eye_open`` (2,) of the positive when known."""
+        pos, neg = self.eye_frames(rng, reader)
         positive, negative = reader.images([pos, neg])
         out = {"eye_positive": positive, "eye_negative": negative,
                "eye_anchor": paste_strip(negative, positive, EYE_STRIP)}
         if self.with_eye_open:
-            out["eye_open"] = torch.from_numpy(np.ascontiguousarray(eyes[pos, :2]))
+            out["eye_open"] = torch.from_numpy(np.ascontiguousarray(reader.eyes[pos, :2]))
         return out
 
 

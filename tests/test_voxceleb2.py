@@ -89,6 +89,45 @@ def test_exported_eye_state_reads_back_as_synthtalk_openness(exported, train_poo
         assert np.all(np.abs(eyes[:, 2:]) < 0.35) and np.ptp(eyes[:, 2:]) > 0.05, "iris offsets in eye widths"
 
 
+def with_eye_files(exported: Path, dst: Path, blink=range(10, 13)) -> Path:
+    """The export with known eye states: every train clip open (EAR 0.3) but for a blink of eye A
+    at frames ``blink``; clip 0 gives it as landmarks.npy (no eyes.npy), the others as eyes.npy."""
+    root = copy_tree(exported, dst)
+    eye = np.array([[0, 0], [0.33, -0.15], [0.66, -0.15], [1, 0], [0.66, 0.15], [0.33, 0.15]], np.float32)
+    lines = []
+    for n, entry in enumerate(json.loads(line) for line in (root / "index.jsonl").read_text().splitlines()):
+        F = entry["num_frames"]
+        ear = np.full((F, 2), 0.3, np.float32)
+        ear[list(blink), 0] = 0.0
+        if n == 0:
+            landmarks = np.zeros((F, 68, 2), np.float32)
+            landmarks[:, 36:42], landmarks[:, 42:48] = eye * 20, eye * 20 + 40
+            landmarks[list(blink), 36:42, 1] = 0.0  # eye A closed
+            path = Path(entry["pose"]).with_name("landmarks.npy")
+            np.save(root / path, landmarks)
+            entry.update(eyes=None, landmarks=str(path))
+        else:
+            np.save(root / entry["eyes"], np.concatenate([ear, np.full((F, 4), np.nan, np.float32)], 1))
+        lines.append(json.dumps(entry) + "\n")
+    (root / "index.jsonl").write_text("".join(lines))
+    return root
+
+
+def test_eye_triplets_pair_a_blink_with_open_eyes(exported, tmp_path):
+    root = with_eye_files(exported, tmp_path / "data")
+    dm = datamodule(root, "fine_motion", eye_blink_prob=1.0)
+    ds = dm.dataset("train", 4)
+    for c in range(4):
+        reader = ds.reader(c)
+        assert np.array_equal(reader.eyes[:, 0] < 0.5, np.isin(np.arange(25), range(10, 13))), "openness of eye A"
+        for seed in range(10):
+            pos, neg = ds.eye_frames(np.random.default_rng(seed), reader)
+            assert 2 <= abs(pos - neg) <= 10
+            assert sorted([pos in range(10, 13), neg in range(10, 13)]) == [False, True], (pos, neg)
+    sample = ds[0]
+    assert sample["eye_open"].shape == (2,) and set(sample["eye_open"].round().tolist()) <= {0.0, 1.0}
+
+
 def test_eye_aspect_ratio_of_a_known_eye():
     eye = np.array([[0, 0], [0.33, -0.15], [0.66, -0.15], [1, 0], [0.66, 0.15], [0.33, 0.15]], np.float32)
     landmarks = np.zeros((2, 68, 2), np.float32)
