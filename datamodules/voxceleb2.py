@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.clip_index import ClipRecord, load_index, split_speakers
+from datamodules.clip_index import ClipRecord, PackedRecords, load_index, split_speakers
 from datamodules.clip_reader import ClipReader, CorruptClip
 from datamodules.resumable import ResumableLoader
 from pdfgc.errors import PdfgcError
@@ -77,14 +77,14 @@ class VoxCeleb2Dataset(Dataset):
                  eye_min_difference: float = 0.3, max_redraws: int = 20) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
-        self.records, self.speaker_ids, self.mode = list(records), speaker_ids, mode
+        self.records, self.speaker_ids, self.mode = PackedRecords(records), speaker_ids, mode
         self.length, self.seed, self.image_size = int(length), int(seed), int(image_size)
         self.num_lip_steps, self.emotion_window = int(num_lip_steps), int(emotion_window)
         self.lip_min_gap, self.eye_gap = max(int(lip_min_gap), 1), tuple(int(g) for g in eye_gap)
         self.eye_blink_prob, self.eye_min_difference = float(eye_blink_prob), float(eye_min_difference)
         self.max_redraws = int(max_redraws)
         # Eye openness is yielded only when every clip can give it (one key set per batch).
-        self.with_eye_open = all(r.eyes or r.landmarks for r in self.records)
+        self.with_eye_open = all(r.eyes or r.landmarks for r in records)
         # Shared memory: worker processes add to the same count the main process reports.
         self.skipped = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._readers: dict[int, ClipReader] = {}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from datamodules import resumable
-from datamodules.clip_index import SCANNED_INDEX_NAME, ClipRecord, load_index, split_speakers
+from datamodules.clip_index import SCANNED_INDEX_NAME, ClipRecord, PackedRecords, load_index, split_speakers
 from datamodules.clip_reader import ClipReader, eye_aspect_ratio, mel_windows_at
 from datamodules.synthtalk import SynthTalkDataset
 from datamodules.voxceleb2 import MODES, VoxCeleb2DataModule, VoxCeleb2Dataset
@@ -270,6 +270,16 @@ def test_ddp_ranks_see_disjoint_samples_and_resume_on_their_own_share(exported, 
         next(iter(loader))
         assert next(iter(loader.offset_sampler)) == 3 * 2 * 2 + rank, "resumes after 3 batches of every rank"
     assert set(seen[0]).isdisjoint(seen[1]) and set(seen[0]) | set(seen[1]) == set(range(24))
+
+
+def test_packed_records_give_back_every_record(exported):
+    import pickle
+
+    records = load_index(exported)
+    packed = pickle.loads(pickle.dumps(PackedRecords(records)))  # as a spawned worker receives it
+    assert len(packed) == len(records) == 6 and list(packed) == records and packed[-1] == records[-1]
+    with pytest.raises(IndexError):
+        packed[6]
 
 
 # ---- PC-AVS layout --------------------------------------------------------------------------------
