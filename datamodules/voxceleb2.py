@@ -124,12 +124,14 @@ class VoxCeleb2Dataset(Dataset):
                     self._skip(c, str(exc))
             else:
                 self.skipped += 1
-            # Redraw among the clips not (yet) known to be bad in this process.
-            good = [k for k in range(len(self.records)) if k not in self._bad]
-            if not good:
+            if len(self._bad) >= len(self.records):
                 break
             rng = np.random.default_rng([self.seed, int(index), attempt])
-            c = good[int(rng.integers(len(good)))]
+            if 2 * len(self._bad) < len(self.records):  # mostly good data: a uniform redraw is cheap
+                c = int(rng.integers(len(self.records)))
+            else:  # mostly bad: redraw among the clips not (yet) known to be bad in this process
+                good = [k for k in range(len(self.records)) if k not in self._bad]
+                c = good[int(rng.integers(len(good)))]
         raise PdfgcError(f"no usable clip found in {self.max_redraws} draws (last: {self._bad.get(c)}); "
                          f"{len(self._bad)} of {len(self.records)} clips are unusable: check the data root")
 
