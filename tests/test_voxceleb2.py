@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from datamodules import resumable
 from datamodules.clip_index import SCANNED_INDEX_NAME, ClipRecord, PackedRecords, load_index, split_speakers
@@ -259,17 +260,19 @@ def test_splits_are_speaker_disjoint(exported):
 
 def test_ddp_ranks_see_disjoint_samples_and_resume_on_their_own_share(exported, monkeypatch):
     dm = datamodule(exported, samples_per_epoch=24)
-    seen = {}
+    seen, firsts = {}, {}
     for rank in (0, 1):
         monkeypatch.setattr(resumable, "_rank_world", lambda rank=rank: (rank, 2))
         loader = dm.train_dataloader()
         seen[rank] = list(loader.offset_sampler.__iter__())
-        samples = [loader.dataset[i] for i in seen[rank][:4]]
-        assert len({(s["clip"], float(s["driver"].sum())) for s in samples}) == 4
+        batch = next(iter(DataLoader(loader.dataset, batch_size=2, sampler=seen[rank][:2])))
+        firsts[rank] = batch["driver"]
         loader.load_state_dict({"batches": 3})
         next(iter(loader))
         assert next(iter(loader.offset_sampler)) == 3 * 2 * 2 + rank, "resumes after 3 batches of every rank"
     assert set(seen[0]).isdisjoint(seen[1]) and set(seen[0]) | set(seen[1]) == set(range(24))
+    assert seen[0][:2] == [0, 2] and seen[1][:2] == [1, 3]
+    assert not torch.equal(firsts[0], firsts[1]), "the ranks' first batches differ"
 
 
 def test_packed_records_give_back_every_record(exported):
