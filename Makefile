@@ -34,6 +34,7 @@ test-slow: install
 bench: install
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/synthtalk.py
+	$(BIN)/python benchmarks/datamodule.py
 
 clean-outputs:
 	rm -rf outputs logs multirun

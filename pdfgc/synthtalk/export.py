@@ -26,6 +26,28 @@ from pdfgc.synthtalk.world import WorldConfig
 
 FORMATS = ("processed", "mp4")
 
+# eyes.npy on the scale preprocessing measures on real faces (docs/design.md, "Processed-data
+# layout"): an open eye's eye aspect ratio (iBUG 36-41 / 42-47) is ~0.3 and a closed one ~0, so
+# SynthTalk's lid closure b in [0, 1] maps to EAR = OPEN_EYE_ASPECT_RATIO * (1 - b). The iris
+# offset from the eye centre, in eye widths, is EYEBALL_RADIUS * sin(gaze) / (2 * eye half-width);
+# a nominal half-width stands in for each identity's (0.19-0.23 head units).
+OPEN_EYE_ASPECT_RATIO = 0.3
+NOMINAL_EYE_HALF_WIDTH = 0.21
+
+
+def eye_state(blink: np.ndarray, gaze: np.ndarray) -> np.ndarray:
+    """SynthTalk ground truth -> ``eyes.npy`` rows ``(F, 6)`` float32:
+    ``[EAR eye A, EAR eye B, iris A x, iris A y, iris B x, iris B y]``.
+
+    :param blink: (F, 2) lid closure per eye, 0 open .. 1 closed (eye A = image-left = iBUG 36-41)
+    :param gaze: (F, 4) eye-in-head rotation (x0, y0, x1, y1) in radians
+    """
+    from pdfgc.synthtalk.render import EYEBALL_RADIUS
+
+    ear = OPEN_EYE_ASPECT_RATIO * (1.0 - np.asarray(blink, np.float32))
+    iris = EYEBALL_RADIUS * np.sin(np.asarray(gaze, np.float32)) / (2.0 * NOMINAL_EYE_HALF_WIDTH)
+    return np.concatenate([ear, iris], axis=1).astype(np.float32)
+
 
 def write_wav(path: Path, waveform: np.ndarray, rate: int = 16000) -> None:
     """16 kHz mono PCM16 wav, atomically."""
@@ -48,7 +70,8 @@ def write_processed_clip(root: Path, clip: Clip, split: str) -> dict:
             raise PdfgcError(f"could not encode frame {i} of {clip.name}")
         atomic_write_bytes(frames_dir / f"{i:04d}.jpg", buf.tobytes())
     write_wav(folder / "audio.wav", clip.waveform)
-    for name, array in (("spectrograms.npy", clip.mel), ("pose.npy", clip.pose)):
+    arrays = (("spectrograms.npy", clip.mel), ("pose.npy", clip.pose), ("eyes.npy", eye_state(clip.blink, clip.gaze)))
+    for name, array in arrays:
         with atomic_path(folder / name) as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.asarray(array, np.float32))
     with atomic_path(folder / "gt.npz") as tmp, open(tmp, "wb") as fh:
@@ -59,7 +82,7 @@ def write_processed_clip(root: Path, clip: Clip, split: str) -> dict:
         "speaker": f"{clip.speaker:04d}", "clip": clip.name, "split": split, "num_frames": clip.num_frames,
         "fps": 25, "duration": clip.num_frames / 25, "frames_dir": str(rel / "frames"),
         "audio": str(rel / "audio.wav"), "spectrogram": str(rel / "spectrograms.npy"), "pose": str(rel / "pose.npy"),
-        "landmarks": None, "gt": str(rel / "gt.npz"), "flags": [],
+        "eyes": str(rel / "eyes.npy"), "landmarks": None, "gt": str(rel / "gt.npz"), "flags": [],
     }
 
 
