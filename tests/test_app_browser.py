@@ -107,3 +107,46 @@ def test_generate_in_browser_plays_a_video_as_long_as_the_speech(app_url, browse
     assert f"{frames} frames" in page.locator("#summary textarea").input_value()
     page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
 
+
+
+def _write_silent_wav(path: Path, seconds: float = 1.0) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(b"\x00\x00" * int(16000 * seconds))
+    return path
+
+
+def test_invalid_uploads_show_a_readable_message_in_the_page(app_url, browser_page, tmp_path):
+    page = browser_page
+    page.goto(app_url["url"])
+    page.locator("#generate").wait_for()
+
+    # a text file named like an image as the portrait: rejected as soon as it is uploaded
+    text = tmp_path / "face.png"
+    text.write_text("this is not a face\n")
+    _upload(page, "portrait", text)
+    message = page.get_by_text("portrait is not a readable image file (png, jpg, ...): face.png")
+    message.wait_for(timeout=20_000)
+    assert message.is_visible()
+    assert page.locator("#portrait-preview img").count() == 0
+
+    # an upload over the limit (5 MB in this app) is refused before it reaches the server
+    big = tmp_path / "long.wav"
+    big.write_bytes(b"\0" * (6 * 2**20))
+    _upload(page, "audio", big)
+    page.get_by_text("exceed the maximum allowed size").wait_for(timeout=20_000)
+    assert not any(p.name == "long.wav" for p in app_url["workspace"].rglob("*"))
+    assert "Traceback" not in page.content()
+
+    # silent speech: refused when Generate is pressed, with the upload's own name
+    page.goto(app_url["url"])
+    page.locator("#generate").wait_for()
+    examples = _examples(app_url["cache"])
+    examples["audio"] = _write_silent_wav(tmp_path / "quiet.wav")
+    for elem_id, path in examples.items():
+        _upload(page, elem_id, path)
+    page.locator("#portrait-preview img").wait_for(timeout=20_000)
+    page.locator("#generate").click()
+    page.get_by_text("audio is silent (no sound above -80 dBFS): quiet.wav").wait_for(timeout=20_000)
+    assert page.locator("#result video").count() == 0
+    assert "Traceback" not in page.content()

@@ -52,10 +52,10 @@ set its strength. Built-in SynthTalk examples are below the form."""
 def _error(exc: BaseException) -> gr.Error:
     """A message for the page: a PdfgcError's own line, otherwise a generic one (logged)."""
     if isinstance(exc, PdfgcError):
-        return gr.Error(str(exc), duration=None, title="Cannot generate")
+        return gr.Error(str(exc), duration=None)
     log.error("generation failed", exc_info=exc)
     return gr.Error(f"generation failed unexpectedly ({type(exc).__name__}); see the server log",
-                    duration=None, title="Error")
+                    duration=None)
 
 
 def make_callbacks(service: GenerationService, choices: list[CheckpointChoice]):
@@ -152,7 +152,8 @@ def build_app(service: GenerationService, choices: list[CheckpointChoice],
                 inputs=[portrait, audio, pose, expression, eye],
                 label="Built-in SynthTalk example (a held-out speaker and three other ones as drivers)")
 
-        portrait.change(preview_portrait, portrait, preview, queue=False)
+        # queued (its error then shows as a message) but never behind a running generation
+        portrait.change(preview_portrait, portrait, preview, concurrency_limit=None, show_progress="minimal")
         checkpoint.change(checkpoint_notice, checkpoint, notice, queue=False)
         button.click(generate, [portrait, audio, pose, expression, eye, controls, mouth_scale, eye_scale,
                                 emotion_scale, strip, checkpoint, networks],
