@@ -113,10 +113,11 @@ def build_app(service: GenerationService, choices: list[CheckpointChoice],
                 audio = gr.Audio(label=f"Speech (up to {service.settings.max_audio_seconds:g} s)",
                                  type="filepath", sources=["upload"], elem_id="audio")
             with gr.Column(scale=1):
-                pose = gr.Video(label="Head-pose driver", sources=["upload"], elem_id="pose-driver")
-                expression = gr.Video(label="Expression (emotion) driver", sources=["upload"],
+                pose = gr.Video(label="Head-pose driver", sources=["upload"], height=200, elem_id="pose-driver")
+                expression = gr.Video(label="Expression (emotion) driver", sources=["upload"], height=200,
                                       elem_id="expression-driver")
-                eye = gr.Video(label="Eye (gaze & blink) driver", sources=["upload"], elem_id="eye-driver")
+                eye = gr.Video(label="Eye (gaze & blink) driver", sources=["upload"], height=200,
+                               elem_id="eye-driver")
             with gr.Column(scale=1):
                 controls = gr.CheckboxGroup(
                     choices=[(CONTROL_LABELS[c], c) for c in CONTROLS], value=list(CONTROLS),
@@ -140,8 +141,9 @@ def build_app(service: GenerationService, choices: list[CheckpointChoice],
                     notice = gr.Markdown(elem_id="checkpoint-notice", **_notice_state(choices))
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
         with gr.Row():
-            result = gr.Video(label="Result", interactive=False, elem_id="result")
-            strip_video = gr.Video(label="Strip", interactive=False, visible=False, elem_id="strip-video")
+            result = gr.Video(label="Result", interactive=False, height=320, elem_id="result")
+            strip_video = gr.Video(label="Strip: portrait | generated | pose | expression | eye",
+                                   interactive=False, visible=False, height=320, elem_id="strip-video")
         with gr.Row():
             downloads = gr.File(label="Download", file_count="multiple", interactive=False, elem_id="downloads")
             summary = gr.Textbox(label="Summary", interactive=False, elem_id="summary")
