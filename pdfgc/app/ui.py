@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 #: Shown while the checkpoint is the random-weights one.
 RANDOM_WEIGHTS_NOTICE = ("**Random weights.** No trained checkpoint was found, so this is the small "
-                         "network with untrained, random weights: the video shows noise, not a face. "
+                         "network with untrained, random weights: the video shows a grey blur, not a face. "
                          "Run `make demo` to train one on SynthTalk (it is picked up on the next "
                          "start), or enter the folder of an exported stage or of the official files.")
 
