@@ -218,6 +218,18 @@ def test_generate_callback_returns_videos_files_and_summary(assets, callbacks):
     assert notice(str(a["ckpt"]))["visible"] is True and notice("/some/trained/export")["visible"] is False
 
 
+def test_page_is_offline_and_uses_the_command_line_defaults(assets, service):
+    from pdfgc.app.ui import CheckpointChoice, build_app
+
+    choices = [CheckpointChoice("trained", assets["root"]), CheckpointChoice("random", assets["ckpt"], True)]
+    blocks = build_app(service, choices, networks_default="small")
+    assert blocks.analytics_enabled is False
+    by_id = {getattr(b, "elem_id", None): b for b in blocks.blocks.values()}
+    assert by_id["networks"].value == "small" and by_id["checkpoint"].value == str(assets["root"])
+    assert by_id["checkpoint-notice"].visible is False  # a trained checkpoint is selected: no notice
+    assert by_id["controls"].value == ["mouth", "blink", "gaze", "emo", "headpose"]
+
+
 def test_callback_errors_become_one_line_messages(assets, callbacks, service, monkeypatch):
     import gradio as gr
 

@@ -48,6 +48,9 @@ def _wav_seconds(path: Path) -> float:
 
 
 def test_generate_in_browser_plays_a_video_as_long_as_the_speech(app, page):
+    outside = []  # requests leaving localhost: the app must work offline and not phone home
+    page.on("request", lambda r: outside.append(r.url) if r.url.split(":")[0] in ("http", "https")
+            and not r.url.startswith(app["url"]) else None)
     _open(page, app)
     # random weights are the only checkpoint here: the page must say so
     assert "Random weights" in page.locator("#checkpoint-notice").inner_text()
@@ -62,6 +65,7 @@ def test_generate_in_browser_plays_a_video_as_long_as_the_speech(app, page):
     download = page.locator("#downloads a[download]")
     download.first.wait_for(timeout=10_000)
     assert download.count() == 1 and "pdfgc_portrait" in page.locator("#downloads").inner_text()
+    assert outside == []
 
 
 def _write_silent_wav(path: Path, seconds: float = 1.0) -> Path:

@@ -98,7 +98,7 @@ def create_app(args: argparse.Namespace, root: Path):
     settings = Settings(workspace=root, max_upload_mb=args.max_upload_mb,
                         max_audio_seconds=args.max_audio_seconds, device=args.device)
     service = GenerationService(settings)
-    blocks = build_app(service, choices, examples)
+    blocks = build_app(service, choices, examples, networks_default=args.networks)
     return blocks, service, [str(cache_dir.resolve())]
 
 

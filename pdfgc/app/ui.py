@@ -98,11 +98,13 @@ def make_callbacks(service: GenerationService, choices: list[CheckpointChoice]):
 
 
 def build_app(service: GenerationService, choices: list[CheckpointChoice],
-              examples: Optional[Examples] = None) -> gr.Blocks:
-    """The whole page. ``choices[0]`` is the checkpoint selected at start."""
+              examples: Optional[Examples] = None, networks_default: str = "official") -> gr.Blocks:
+    """The whole page. ``choices[0]`` is the checkpoint selected at start; ``networks_default`` the
+    network size chosen for folders without networks.yaml."""
     preview_portrait, checkpoint_notice, generate = make_callbacks(service, choices)
     limit = f"{service.settings.max_upload_mb:g} MB"
-    with gr.Blocks(title="PD-FGC talking heads", delete_cache=(1800, 3600)) as demo:
+    # delete_cache: Gradio's copies of uploads and results older than an hour go every 30 min
+    with gr.Blocks(title="PD-FGC talking heads", delete_cache=(1800, 3600), analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=1):
@@ -135,7 +137,7 @@ def build_app(service: GenerationService, choices: list[CheckpointChoice],
                         value=str(choices[0].path) if choices else None, allow_custom_value=True,
                         label="Checkpoint folder (the official four files or an exported stage)",
                         elem_id="checkpoint")
-                    networks = gr.Radio(["official", "small"], value="official",
+                    networks = gr.Radio(["official", "small"], value=networks_default,
                                         label="Network size, for a folder without networks.yaml",
                                         elem_id="networks")
                     notice = gr.Markdown(elem_id="checkpoint-notice", **_notice_state(choices))
