@@ -301,12 +301,13 @@ def test_command_line(tmp_path, monkeypatch, capsys):
         assert root.is_dir() and os.environ["GRADIO_TEMP_DIR"] == str(root / "gradio")
     assert not root.exists()
 
-    import runpy
+    from pdfgc.cli import app_main
 
-    monkeypatch.setattr(sys, "argv", ["app.py", "--checkpoints", str(tmp_path / "nope"),
+    # the console script pdfgc-app runs app.py: a bad option is one line and exit 2
+    monkeypatch.setattr(sys, "argv", ["pdfgc-app", "--checkpoints", str(tmp_path / "nope"),
                                       "--cache-dir", str(tmp_path / "cache")])
     with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(Path(__file__).resolve().parents[1] / "app.py"), run_name="__main__")
+        app_main()
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: checkpoint folder not found: {tmp_path / 'nope'}"
     assert not (tmp_path / "cache").exists()  # nothing was made for a bad command line
