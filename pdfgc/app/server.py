@@ -87,10 +87,13 @@ def checkpoint_choices(cache_dir: Path, requested: Optional[str]) -> list:
 def create_app(args: argparse.Namespace, root: Path):
     """Examples, checkpoints, the service and the page for a workspace ``root``; returns
     ``(blocks, service, allowed_paths)``."""
+    from pdfgc.generation import resolve_device
+
     from .examples import default_cache_dir, example_inputs
     from .service import GenerationService, Settings
     from .ui import build_app
 
+    resolve_device(args.device)  # a CUDA device without CUDA fails now, not at the first request
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     log.info("examples and random weights: %s", cache_dir)
     choices = checkpoint_choices(cache_dir, args.checkpoints)
@@ -105,10 +108,13 @@ def create_app(args: argparse.Namespace, root: Path):
 def launch(blocks, args: argparse.Namespace, allowed_paths: list[str], block: bool = True):
     """Queue (one generation at a time) and serve ``blocks``; uploads over the limit are refused."""
     blocks.queue(max_size=16, default_concurrency_limit=1)
-    return blocks.launch(server_name=args.host, server_port=args.port, share=args.share,
-                         max_file_size=int(args.max_upload_mb * 2**20), allowed_paths=allowed_paths,
-                         show_error=False, ssr_mode=False, mcp_server=False, quiet=not block,
-                         prevent_thread_lock=not block)
+    try:
+        return blocks.launch(server_name=args.host, server_port=args.port, share=args.share,
+                             max_file_size=int(args.max_upload_mb * 2**20), allowed_paths=allowed_paths,
+                             show_error=False, ssr_mode=False, mcp_server=False, quiet=not block,
+                             prevent_thread_lock=not block)
+    except OSError as exc:  # port taken, address not available, ...
+        raise PdfgcError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -116,7 +122,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with workspace() as root:
-        print("preparing the built-in examples (first start: about a minute) ...", flush=True)
+        print("starting the web app (the first start also renders the built-in examples) ...", flush=True)
         blocks, _, allowed = create_app(args, root)
         try:
             launch(blocks, args, allowed)
