@@ -311,3 +311,20 @@ def test_command_line(tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: checkpoint folder not found: {tmp_path / 'nope'}"
     assert not (tmp_path / "cache").exists()  # nothing was made for a bad command line
+
+
+def test_a_taken_port_is_one_error_line():
+    import socket
+
+    import gradio as gr
+
+    from pdfgc.app.server import launch, parse_args
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with gr.Blocks(analytics_enabled=False) as blocks:
+            gr.Markdown("x")
+        with pytest.raises(PdfgcError, match=f"^cannot serve on 127.0.0.1:{port}: "):
+            launch(blocks, parse_args(["--port", str(port)]), [], block=False)
