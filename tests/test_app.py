@@ -292,6 +292,38 @@ def test_random_weights_checkpoint_is_seeded_and_loads(assets, tmp_path):
     assert random_weights_checkpoint(tmp_path / "other") == again  # made once, then reused
 
 
+def test_checkpoint_list_puts_the_requested_then_the_demo_export_first(assets, monkeypatch):
+    import pdfgc.app.examples as examples
+    from pdfgc.app.server import checkpoint_choices
+
+    cache = assets["ckpt"].parent  # its random-weights checkpoint is already made
+    demo = assets["root"] / "logs_demo_export"
+    demo.mkdir(exist_ok=True)
+    monkeypatch.setattr(examples, "find_demo_checkpoint", lambda: None)
+    only = checkpoint_choices(cache, None)
+    assert [(c.path, c.random_weights) for c in only] == [(assets["ckpt"], True)]
+    monkeypatch.setattr(examples, "find_demo_checkpoint", lambda: demo)
+    choices = checkpoint_choices(cache, str(assets["root"]))
+    assert [c.path for c in choices] == [assets["root"], demo, assets["ckpt"]]
+    assert [c.random_weights for c in choices] == [False, False, True] and "make demo" in choices[1].label
+
+
+def test_example_inputs_are_synthtalk_clips_made_once(tmp_path):
+    from pdfgc.app.examples import example_inputs
+    from pdfgc.video import probe, read_image
+
+    made = example_inputs(tmp_path)
+    assert read_image(made.portrait).shape == (64, 64, 3)
+    assert sf.info(str(made.audio)).samplerate == SR and sf.info(str(made.audio)).duration == pytest.approx(4.0)
+    for driver in (made.pose, made.expression, made.eye):
+        info = probe(driver)
+        assert (info["num_frames"], info["fps"], info["width"]) == (100, 25, 64)
+    assert len({made.pose.read_bytes(), made.expression.read_bytes(), made.eye.read_bytes()}) == 3
+    stamp = made.portrait.stat().st_mtime_ns
+    assert example_inputs(tmp_path) == made and made.portrait.stat().st_mtime_ns == stamp  # reused
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["examples-v1"]  # no temporary left over
+
+
 def test_command_line(tmp_path, monkeypatch, capsys):
     from pdfgc.app.server import parse_args, workspace
 
