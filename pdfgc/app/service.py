@@ -10,7 +10,6 @@ workspace, keeping only the newest results.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import threading
 import time
