@@ -126,6 +126,7 @@ def test_request_maps_the_form_onto_the_pipeline_request(assets, service, tmp_pa
     req = service.request(form, tmp_path / "out.mp4")
     assert req.controls() == {"mouth": True, "blink": False, "gaze": True, "emo": False, "headpose": False}
     assert (req.mouth_scale, req.eye_scale, req.emotion_scale, req.strip) == (2.0, 0.5, 0.0, True)
+    assert req.chunk_frames == 25  # a progress step per second of video
     assert (req.pose_path, req.exp_path, req.eye_path) == (None, None, str(assets["driver"]))
     assert req.app_img_path == str(assets["portrait"]) and req.output_path == str(tmp_path / "out.mp4")
 

@@ -35,6 +35,9 @@ CONTROL_LABELS = {"mouth": "mouth (lips from the audio)", "blink": "blink", "gaz
 DRIVER_LABELS = {"pose": "head-pose driver video", "expression": "expression driver video",
                  "eye": "eye driver video"}
 _DRIVER_OF_CONTROL = {"headpose": "pose", "emo": "expression", "blink": "eye", "gaze": "eye"}
+#: Frames per generation chunk: the progress bar moves once per chunk, so one step per second of
+#: video (the output does not depend on the chunk size; generate.py's 200 only bounds memory).
+PROGRESS_CHUNK_FRAMES = 25
 
 
 @dataclass
@@ -139,7 +142,8 @@ class GenerationService:
             pose_path=drivers["pose"], exp_path=drivers["expression"], eye_path=drivers["eye"],
             **{c: (c in form.controls) for c in CONTROLS},
             mouth_scale=float(form.mouth_scale), eye_scale=float(form.eye_scale),
-            emotion_scale=float(form.emotion_scale), strip=bool(form.strip))
+            emotion_scale=float(form.emotion_scale), strip=bool(form.strip),
+            chunk_frames=PROGRESS_CHUNK_FRAMES)
 
     def run(self, form: Form, progress: Optional[Progress] = None) -> Outcome:
         """Validate ``form``, generate, return the written files.
