@@ -55,17 +55,29 @@ def test_generate_in_browser_plays_a_video_as_long_as_the_speech(app, page):
     # random weights are the only checkpoint here: the page must say so
     assert "Random weights" in page.locator("#checkpoint-notice").inner_text()
     files = upload_examples(page, app["examples"])
+    # record every progress line the page shows, however briefly (a DOM observer, not polling)
+    page.evaluate("""() => {
+        window.progressSeen = new Set();
+        new MutationObserver(() => {
+            for (const m of document.body.innerText.matchAll(/encoding the driver videos|generating frame \\d+ of \\d+/g))
+                window.progressSeen.add(m[0]);
+        }).observe(document.body, {subtree: true, childList: true, characterData: true});
+    }""")
     page.locator("#generate").click()
 
     duration = video_duration(page, "#result", GENERATION_TIMEOUT_MS)
     speech = _wav_seconds(files["audio"])
     assert duration > 0 and math.isfinite(duration)
     assert abs(duration - speech) < 0.1, (duration, speech)  # one frame per 40 ms of speech
-    assert f"{round(speech * 25)} frames" in page.locator("#summary textarea").input_value()
+    frames = round(speech * 25)
+    assert f"{frames} frames" in page.locator("#summary textarea").input_value()
     download = page.locator("#downloads a[download]")
     download.first.wait_for(timeout=10_000)
     assert download.count() == 1 and "pdfgc_portrait" in page.locator("#downloads").inner_text()
     assert outside == []
+    seen = set(page.evaluate("() => [...window.progressSeen]"))
+    # the progress bar moved through the drivers and then once per second (25 frames) of video
+    assert "encoding the driver videos" in seen and f"generating frame 25 of {frames}" in seen, seen
 
 
 def _write_silent_wav(path: Path, seconds: float = 1.0) -> Path:
