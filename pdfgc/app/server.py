@@ -12,6 +12,8 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
@@ -120,6 +122,8 @@ def launch(blocks, args: argparse.Namespace, allowed_paths: list[str], block: bo
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry of ``app.py`` / ``pdfgc-app``: serve until interrupted."""
     args = parse_args(argv)
+    # `kill` / `timeout` send SIGTERM: leave like Ctrl-C does, so the workspace is removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with workspace() as root:
         print("starting the web app (the first start also renders the built-in examples) ...", flush=True)
