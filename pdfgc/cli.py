@@ -1,4 +1,4 @@
-"""Console scripts (``pdfgc-train``, ``pdfgc-generate``, ``pdfgc-evaluate``).
+"""Console scripts (``pdfgc-train``, ``pdfgc-generate``, ``pdfgc-evaluate``, ``pdfgc-app``).
 
 Each runs the matching entry script of the repository root, so the console script and
 ``python train.py ...`` behave identically (same Hydra config folder, same overrides).
@@ -36,3 +36,8 @@ def generate_main() -> None:
 def evaluate_main() -> None:
     """``pdfgc-evaluate``: same as ``python evaluate.py``."""
     _run_script("evaluate.py")
+
+
+def app_main() -> None:
+    """``pdfgc-app``: same as ``python app.py`` (the web demo)."""
+    _run_script("app.py")
