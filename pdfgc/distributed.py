@@ -79,7 +79,7 @@ def check_multirun_strategy(strategy: object, devices: object, multirun: bool,
     if devices in (1, "1"):
         return
     raise PdfgcError("a local multirun (-m) cannot launch trainer.strategy=ddp; use trainer.strategy=ddp_spawn, "
-                     "hydra/launcher=submitit_slurm, or one run per torchrun command")
+                     "hydra/launcher=slurm, or one run per torchrun command")
 
 
 def quiet_other_ranks(rank: int) -> None:

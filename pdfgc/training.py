@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,20 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(ckpt_path)
 
 
-def has_slurm_checkpoint(output_dir: Path) -> bool:
-    """Lightning's SLURM requeue saved ``hpc_ckpt_*.ckpt`` here; it resumes from it by itself."""
-    return any(output_dir.glob("hpc_ckpt_*.ckpt"))
+def slurm_resume_path(output_dir: Path, env: dict[str, str] | None = None) -> str | None:
+    """The checkpoint a requeued SLURM job continues from, or None for a first start.
+
+    Lightning's SIGUSR1 handler saves ``<run>/hpc_ckpt_<n>.ckpt`` before requeueing; a job
+    requeued by SLURM itself (preemption, node failure; ``SLURM_RESTART_COUNT`` > 0) has only
+    the periodic ``checkpoints/last.ckpt``. The newer of the two wins.
+    """
+    env = os.environ if env is None else env
+    candidates = list(output_dir.glob("hpc_ckpt_*.ckpt"))
+    if int(env.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
+        candidates += [p for p in [output_dir / "checkpoints" / "last.ckpt"] if p.exists()]
+    if not candidates:
+        return None
+    return str(max(candidates, key=lambda p: p.stat().st_mtime))
 
 
 def continue_wandb_run(cfg: DictConfig, output_dir: Path, resuming: bool, rank: int = 0) -> str | None:
@@ -69,9 +81,7 @@ def continue_wandb_run(cfg: DictConfig, output_dir: Path, resuming: bool, rank: 
     if resuming and id_file.exists():
         run_id = id_file.read_text().strip()
     else:
-        from wandb.util import generate_id
-
-        run_id = generate_id()
+        run_id = uuid.uuid4().hex[:12]  # W&B ids: lowercase letters and digits
         if rank == 0:
             atomic_write_text(id_file, run_id + "\n")
     with open_dict(wandb_cfg):
@@ -101,12 +111,12 @@ def train_stage(cfg: DictConfig) -> dict[str, Any]:
     # Plain containers (not DictConfig) so checkpoints hold only safe types (weights_only loads).
     model: pl.LightningModule = hydra.utils.instantiate(
         cfg.model, networks=OmegaConf.to_container(cfg.networks, resolve=True), _recursive_=False, _convert_="all")
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) or slurm_resume_path(output_dir)
     if cfg.get("init_from") and ckpt_path is None:
         # Weights only; a resumed run already has them (and more) in its checkpoint.
         model.init_from_export(cfg.init_from)
 
-    continue_wandb_run(cfg, output_dir, resuming=ckpt_path is not None or has_slurm_checkpoint(output_dir), rank=rank)
+    continue_wandb_run(cfg, output_dir, resuming=ckpt_path is not None, rank=rank)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
