@@ -71,15 +71,25 @@ def check_multirun_strategy(strategy: object, devices: object, multirun: bool,
     """A local Hydra multirun cannot use ``strategy=ddp`` with several devices.
 
     Lightning's ``ddp`` starts the other ranks by re-running the command line, which in a
-    multirun re-runs the whole sweep; ``ddp_spawn`` forks from inside the job instead, and the
+    multirun re-runs the whole sweep; ``ddp_fork`` forks from inside the job instead, and the
     submitit launcher starts every rank itself (``tasks_per_node``).
     """
     if not multirun or launched_externally(env) or strategy != "ddp":
         return
     if devices in (1, "1"):
         return
-    raise PdfgcError("a local multirun (-m) cannot launch trainer.strategy=ddp; use trainer.strategy=ddp_spawn, "
+    raise PdfgcError("a local multirun (-m) cannot launch trainer.strategy=ddp; use trainer.strategy=ddp_fork, "
                      "hydra/launcher=slurm, or one run per torchrun command")
+
+
+def ddp_strategy_for(strategy: object, find_unused_parameters: bool) -> object:
+    """Lightning's registered name of a DDP ``strategy`` with unused-parameter search on, for
+    stages that need it (the GAN stages: one backward per network and step); other strategies
+    and stages unchanged. DDP stays without the search for stages whose frozen parts are simply
+    frozen (requires_grad False before the wrap)."""
+    if find_unused_parameters and strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+        return f"{strategy}_find_unused_parameters_true"
+    return strategy
 
 
 def quiet_other_ranks(rank: int) -> None:

@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pdfgc.distributed import (check_multirun_strategy, check_run_dir_pinned, global_rank,
+from pdfgc.distributed import (check_multirun_strategy, check_run_dir_pinned, ddp_strategy_for, global_rank,
                                per_device_batch_size, quiet_other_ranks)
 from pdfgc.errors import PdfgcError
 from pdfgc.io import atomic_write_text
@@ -119,7 +119,10 @@ def train_stage(cfg: DictConfig) -> dict[str, Any]:
     continue_wandb_run(cfg, output_dir, resuming=ckpt_path is not None, rank=rank)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    strategy = ddp_strategy_for(cfg.trainer.get("strategy", "auto"),
+                                getattr(model, "ddp_find_unused_parameters", False))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                                  strategy=strategy)
     # Fail here, in one line, rather than inside every spawned rank.
     per_device_batch_size(cfg.data.batch_size, trainer.world_size)
     for lg in loggers:

@@ -21,7 +21,7 @@ from pdfgc.training import WANDB_ID_FILE, continue_wandb_run, optimized_metric_v
 
 from conftest import CONFIG_DIR, REPO_ROOT, compose_train
 
-IMAGE_KEYS = ("source", "frames")  # the per-sample tensor that identifies a sample, by mode
+SAMPLE_KEYS = ("source", "driver", "frames", "mels", "eye_anchor")  # what identifies a sample, by mode
 
 
 @pytest.fixture(scope="module")
@@ -38,32 +38,40 @@ def tiny(cache: Path, batch_size: int = 4, callbacks: str = "~callbacks") -> lis
 
 
 class RankProbe(pl.Callback):
-    """Writes, per rank, a digest of every training sample it saw and of its final weights."""
+    """Writes, per rank, a digest of every training sample it saw and of its final parameters.
+
+    Parameters, not buffers: DDP broadcasts rank 0's buffers (batch-norm statistics, memory
+    banks) at the start of each step, so between steps every rank holds its own."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir, self.samples, self.batch_sizes = Path(out_dir), [], []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        images = next(batch[k] for k in IMAGE_KEYS if k in batch)
-        self.batch_sizes.append(int(images.shape[0]))
-        self.samples += [hashlib.sha1(x.numpy().tobytes()).hexdigest() for x in images]
+        keys = [k for k in SAMPLE_KEYS if k in batch]
+        self.batch_sizes.append(int(batch[keys[0]].shape[0]))
+        for i in range(self.batch_sizes[-1]):
+            digest = hashlib.sha1()
+            for k in keys:
+                digest.update(batch[k][i].numpy().tobytes())
+            self.samples.append(digest.hexdigest())
 
-    def on_train_end(self, trainer, pl_module) -> None:
+    @staticmethod
+    def parameters_digest(module) -> str:
         digest = hashlib.sha1()
-        for key, value in sorted(pl_module.state_dict().items()):
+        for key, value in sorted(module.named_parameters()):
             digest.update(key.encode())
             digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.initial = self.parameters_digest(pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
         report = {"rank": trainer.global_rank, "world_size": trainer.world_size, "samples": self.samples,
-                  "batch_sizes": self.batch_sizes, "weights": digest.hexdigest(), "step": trainer.global_step}
+                  "batch_sizes": self.batch_sizes, "initial": self.initial,
+                  "weights": self.parameters_digest(pl_module), "step": trainer.global_step,
+                  "find_unused": trainer.strategy._ddp_kwargs.get("find_unused_parameters", False)}
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
-
-
-def weights_digest(state: dict) -> str:
-    digest = hashlib.sha1()
-    for key, value in sorted(state.items()):
-        digest.update(key.encode())
-        digest.update(value.contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 # ---- global batch split -----------------------------------------------------------------------
@@ -100,9 +108,9 @@ def test_ranks_started_by_torchrun_or_srun_need_a_pinned_run_dir():
 
 
 def test_local_multirun_refuses_the_relaunching_ddp_strategy():
-    with pytest.raises(PdfgcError, match="ddp_spawn"):
+    with pytest.raises(PdfgcError, match="ddp_fork"):
         check_multirun_strategy("ddp", "auto", multirun=True, env={})
-    check_multirun_strategy("ddp_spawn", 2, multirun=True, env={})
+    check_multirun_strategy("ddp_fork", 2, multirun=True, env={})
     check_multirun_strategy("ddp", 8, multirun=False, env={})
     check_multirun_strategy("ddp", 8, multirun=True, env={"SLURM_NTASKS": "8", "SLURM_PROCID": "0"})
 
@@ -121,7 +129,7 @@ def compose_with_hydra(overrides: list[str]):
 def test_ddp_presets_sync_batch_norm_on_gpus_and_keep_our_rank_split(tmp_path):
     for name, sync in (("ddp", True), ("ddp_sim", False)):
         trainer = compose_train([f"trainer={name}"], tmp_path).trainer
-        assert trainer.strategy in ("ddp", "ddp_spawn") and trainer.sync_batchnorm is sync
+        assert trainer.strategy in ("ddp", "ddp_fork") and trainer.sync_batchnorm is sync
         assert trainer.use_distributed_sampler is False
         assert trainer.num_nodes == 1
 
@@ -222,9 +230,10 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path, world_cache, monkeyp
 
 # ---- 2-process DDP per stage ------------------------------------------------------------------
 
-@pytest.mark.slow
-@pytest.mark.parametrize("experiment", ["synthtalk/stage1", "synthtalk/stage2", "synthtalk/stage3"])
-def test_two_process_ddp_ranks_see_different_data_and_end_with_identical_weights(experiment, tmp_path, world_cache):
+@pytest.mark.parametrize("experiment,find_unused", [("synthtalk/stage1", True), ("synthtalk/stage2", False),
+                                                     ("synthtalk/stage3", True)])
+def test_two_process_ddp_ranks_see_different_data_and_end_with_identical_weights(experiment, find_unused, tmp_path,
+                                                                                 world_cache):
     probe_dir = tmp_path / "probe"
     probe_dir.mkdir()
     cfg = compose_train([f"experiment={experiment}", *tiny(world_cache, batch_size=4), "trainer=ddp_sim",
@@ -233,10 +242,16 @@ def test_two_process_ddp_ranks_see_different_data_and_end_with_identical_weights
     train_stage(cfg)
     ranks = [json.loads((probe_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["step"] for r in ranks] == [2, 2]
-    assert ranks[0]["batch_sizes"] == ranks[1]["batch_sizes"] == [2, 2], "global batch 4 = 2 per rank"
+    # GAN stages count one step per optimiser (D and G): 1 batch; stage 2: 2 batches.
+    batches = ranks[0]["batch_sizes"]
+    assert batches == ranks[1]["batch_sizes"] and set(batches) == {2}, "global batch 4 = 2 per rank"
     seen0, seen1 = set(ranks[0]["samples"]), set(ranks[1]["samples"])
-    assert len(seen0) == len(seen1) == 4 and not seen0 & seen1, "ranks must see different samples"
+    assert len(seen0) == len(seen1) == 2 * len(batches) and not seen0 & seen1, "ranks must see different samples"
     assert ranks[0]["weights"] == ranks[1]["weights"], "DDP keeps the replicas identical"
+    assert ranks[0]["weights"] != ranks[0]["initial"], "and they trained"
+    # Stage 2 freezes E_mot's backbone before the wrap: plain DDP. The GAN stages' D and G
+    # backward passes each leave the other network without gradients: DDP searches for them.
+    assert [r["find_unused"] for r in ranks] == [find_unused, find_unused]
 
 
 # ---- multirun and sweep (subprocesses: the real entry point) ----------------------------------
@@ -249,7 +264,7 @@ def run_train(args: list[str], cwd: Path = REPO_ROOT, timeout: int = 900) -> sub
 
 
 @pytest.mark.slow
-def test_multirun_over_two_experiments_with_ddp_spawn_keeps_one_folder_per_job(tmp_path, world_cache):
+def test_multirun_over_two_experiments_with_ddp_fork_keeps_one_folder_per_job(tmp_path, world_cache):
     run_train(["-m", "experiment=synthtalk/stage1,synthtalk/stage2", "trainer=ddp_sim", "trainer.max_steps=1",
                *tiny(world_cache), "~logger", f"hydra.sweep.dir={tmp_path}"])
     jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
