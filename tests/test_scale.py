@@ -34,7 +34,7 @@ def tiny(cache: Path, batch_size: int = 4, callbacks: str = "~callbacks") -> lis
     return ["data.num_speakers=4", "data.heldout_speakers=2", "data.clips_per_speaker=1",
             "data.clip_seconds=1.0", f"data.cache_dir={cache}", f"data.batch_size={batch_size}",
             "data.val_samples=2", "data.render_workers=1", callbacks, "extras.print_config=false",
-            "trainer.log_every_n_steps=1", "trainer.val_check_interval=100", "export=false"]
+            "trainer.log_every_n_steps=1", "++trainer.val_check_interval=100", "export=false"]
 
 
 class RankProbe(pl.Callback):
@@ -279,7 +279,7 @@ def test_multirun_over_two_experiments_with_ddp_fork_keeps_one_folder_per_job(tm
 def test_optuna_sweep_of_two_trials_records_the_logged_metric_and_continues(tmp_path, world_cache):
     optuna = pytest.importorskip("optuna")
     args = ["experiment=synthtalk/stage2", "hparams_search=synthtalk_stage2_optuna", *tiny(world_cache), "~logger",
-            "trainer.max_steps=2", "trainer.val_check_interval=2", "+trainer.limit_val_batches=1",
+            "trainer.max_steps=2", "trainer.val_check_interval=2", "++trainer.limit_val_batches=1",
             f"paths.log_dir={tmp_path}/logs"]
     run_train([*args, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}/sweep"])
     storage = f"sqlite:///{tmp_path}/logs/optuna/synthtalk_stage2.db"
