@@ -135,6 +135,25 @@ def test_ddp_presets_sync_batch_norm_on_gpus_and_keep_our_rank_split(tmp_path):
         assert trainer.num_nodes == 1
 
 
+def test_sync_batchnorm_conversion_keeps_frozen_parts_frozen(tmp_path):
+    """What Lightning's sync_batchnorm does under trainer=ddp, on stage 2: every batch norm becomes
+    SyncBatchNorm; the frozen backbone's stay in eval mode without gradients, the heads' train."""
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["experiment=synthtalk/stage2"], tmp_path)
+    model = instantiate(cfg.model, networks=OmegaConf.to_container(cfg.networks, resolve=True),
+                        _recursive_=False, _convert_="all")
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).train()
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms.values())
+    heads = tuple(f"motion.{h}." for h in model.trained_heads)
+    backbone = {n: m for n, m in norms.items() if n.startswith("motion.") and not n.startswith(heads)}
+    trained = {n: m for n, m in norms.items() if n.startswith(heads)}
+    assert backbone and trained
+    assert not any(m.training or m.weight.requires_grad for m in backbone.values())
+    assert all(m.training and m.weight.requires_grad for m in trained.values())
+
+
 def test_slurm_launcher_composes_with_the_resources_of_a_typical_job():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     cfg = compose_with_hydra(["hydra/launcher=slurm", "trainer=slurm", "experiment=synthtalk/stage1"])
