@@ -123,8 +123,8 @@ def train_stage(cfg: DictConfig) -> dict[str, Any]:
                                 getattr(model, "ddp_find_unused_parameters", False))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                                   strategy=strategy)
-    # Fail here, in one line, rather than inside every spawned rank.
-    per_device_batch_size(cfg.data.batch_size, trainer.world_size)
+    if cfg.data.get("batch_size") is not None:  # global; fail here in one line, not inside every rank
+        per_device_batch_size(cfg.data.batch_size, trainer.world_size)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 

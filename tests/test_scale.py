@@ -167,7 +167,10 @@ def test_slurm_launcher_composes_with_the_resources_of_a_typical_job():
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(cfg)  # what a running job has: trainer=slurm reads the launcher
-    assert (cfg.trainer.devices, cfg.trainer.num_nodes) == (8, 1)
+    try:
+        assert (cfg.trainer.devices, cfg.trainer.num_nodes) == (8, 1)
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 def test_slurm_sbatch_script_carries_the_requeue_signal(tmp_path):
