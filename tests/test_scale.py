@@ -108,6 +108,19 @@ def test_ranks_started_by_torchrun_or_srun_need_a_pinned_run_dir():
     assert global_rank(srun) == 3 and global_rank(torchrun) == 1 and global_rank({}) == 0
 
 
+def test_a_torchrun_rank_without_a_run_dir_exits_2_with_one_line(tmp_path):
+    import os
+
+    env = {**os.environ, "LOCAL_RANK": "1", "RANK": "1", "WORLD_SIZE": "2", "PDFGC_DEBUG": ""}
+    env.pop("PDFGC_DEBUG")
+    proc = subprocess.run([sys.executable, "train.py", "~logger", f"paths.log_dir={tmp_path}"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: several ranks (torchrun/srun) need one run folder")
+    # Hydra has made its own folder by then; pdfgc wrote nothing into it.
+    assert [p.parent.name for p in tmp_path.rglob("config.yaml")] == [".hydra"]
+
+
 def test_local_multirun_refuses_the_relaunching_ddp_strategy():
     with pytest.raises(PdfgcError, match="ddp_fork"):
         check_multirun_strategy("ddp", "auto", multirun=True, env={})
