@@ -111,8 +111,8 @@ def test_ranks_started_by_torchrun_or_srun_need_a_pinned_run_dir():
 def test_a_torchrun_rank_without_a_run_dir_exits_2_with_one_line(tmp_path):
     import os
 
-    env = {**os.environ, "LOCAL_RANK": "1", "RANK": "1", "WORLD_SIZE": "2", "PDFGC_DEBUG": ""}
-    env.pop("PDFGC_DEBUG")
+    env = {k: v for k, v in os.environ.items() if k != "PDFGC_DEBUG"}  # the one-line error, not a traceback
+    env.update(LOCAL_RANK="1", RANK="1", WORLD_SIZE="2")
     proc = subprocess.run([sys.executable, "train.py", "~logger", f"paths.log_dir={tmp_path}"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2
@@ -292,9 +292,12 @@ def test_two_process_ddp_ranks_see_different_data_and_end_with_identical_weights
 
 # ---- multirun and sweep (subprocesses: the real entry point) ----------------------------------
 
-def run_train(args: list[str], cwd: Path = REPO_ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT / "tests")})
+def run_train(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    """``python train.py *args`` from the repository root; data loading in-process (as compose_train)."""
+    import os
+
+    proc = subprocess.run([sys.executable, "train.py", *args, "data.num_workers=0"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
