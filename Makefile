@@ -1,5 +1,6 @@
 # pdfgc: two set-up commands for a fresh machine, `make demo` and `make test`.
-# Both create .venv when missing and install the project (editable, with the dev extra).
+# Both create .venv when missing and install the project (editable, with the dev extra and the
+# sweep/slurm extras that tests/test_scale.py exercises).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,7 +14,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,sweep,slurm]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -19,9 +19,12 @@ from pdfgc.errors import cli_guard  # noqa: E402
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 @cli_guard
 def main(cfg: DictConfig):
-    from pdfgc.training import run
+    from pdfgc.training import optimized_metric_value, run
 
-    return run(cfg)
+    result = run(cfg)
+    # Sweeps (hparams_search=...) optimise one number; a plain run returns its result.
+    value = optimized_metric_value(cfg, result)
+    return result if value is None else value
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.resumable import ResumableLoader
+from pdfgc.distributed import per_device_batch_size
 from pdfgc.synthtalk.world import ClipPool, WorldConfig, load_or_render_pool
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,8 @@ class SynthTalkDataModule(pl.LightningDataModule):
 
     World arguments (``seed``, ``num_speakers``, ``heldout_speakers``, ``clips_per_speaker``,
     ``clip_seconds``, ``image_size``) are those of :class:`WorldConfig`; see
-    ``configs/data/synthtalk.yaml`` for every field.
+    ``configs/data/synthtalk.yaml`` for every field. ``batch_size`` is global: each of the
+    trainer's ``world_size`` processes loads ``batch_size // world_size`` samples per step.
     """
 
     def __init__(self, mode: str = "reconstruction", image_size: int = 64, seed: int = 0,
@@ -165,6 +167,7 @@ class SynthTalkDataModule(pl.LightningDataModule):
             raise ValueError(f"unknown data mode {mode!r}; one of {MODES}")
         self.world = WorldConfig(seed, num_speakers, heldout_speakers, clips_per_speaker, clip_seconds, image_size)
         self.mode, self.batch_size, self.num_workers = mode, batch_size, num_workers
+        self.batch_size_per_device = batch_size
         self.samples_per_epoch, self.val_samples = samples_per_epoch, val_samples
         self.num_lip_steps, self.emotion_window = num_lip_steps, emotion_window
         self.cache_dir, self.render_workers, self.pin_memory = cache_dir, render_workers, pin_memory
@@ -177,6 +180,12 @@ class SynthTalkDataModule(pl.LightningDataModule):
             for split in ("train", "test"):
                 load_or_render_pool(self.world, split, self.cache_dir, self.render_workers)
 
+    def setup(self, stage: str | None = None) -> None:
+        # Under DDP every process runs setup() with the trainer attached; the split keeps the
+        # global batch (and so the recipe) the same on 1, 8 or 64 devices.
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        self.batch_size_per_device = per_device_batch_size(self.batch_size, world_size)
+
     def pool(self, split: str) -> ClipPool:
         if split not in self.pools:
             self.pools[split] = load_or_render_pool(self.world, split, self.cache_dir, self.render_workers)
@@ -188,14 +197,14 @@ class SynthTalkDataModule(pl.LightningDataModule):
                                 lip_min_gap=self.lip_min_gap, eye_blink_prob=self.eye_blink_prob)
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+        return DataLoader(ds, batch_size=self.batch_size_per_device, shuffle=shuffle, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, drop_last=shuffle,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         # Samples are already random per index; the resumable loader walks indices in order
         # and restarts exactly where a checkpoint left it (and splits them across DDP ranks).
-        return ResumableLoader(self.dataset("train", self.samples_per_epoch), batch_size=self.batch_size,
+        return ResumableLoader(self.dataset("train", self.samples_per_epoch), batch_size=self.batch_size_per_device,
                                num_workers=self.num_workers, pin_memory=self.pin_memory, drop_last=True,
                                persistent_workers=self.num_workers > 0)
 

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.clip_index import ClipRecord, PackedRecords, load_index, split_speakers
 from datamodules.clip_reader import ClipReader, CorruptClip
 from datamodules.resumable import ResumableLoader
+from pdfgc.distributed import per_device_batch_size
 from pdfgc.errors import PdfgcError
 from pdfgc.losses.masks import EYE_STRIP, paste_strip
 
@@ -211,6 +212,7 @@ class VoxCeleb2DataModule(pl.LightningDataModule):
 
     Every argument is documented in ``configs/data/voxceleb2.yaml``; the sampling ones are those
     of :class:`VoxCeleb2Dataset`. ``root`` is required (``preprocess.py``'s output folder).
+    ``batch_size`` is global: each of the trainer's processes loads ``batch_size // world_size``.
     """
 
     def __init__(self, root: str | None = None, mode: str = "reconstruction", image_size: int = 224,
@@ -224,6 +226,7 @@ class VoxCeleb2DataModule(pl.LightningDataModule):
             raise PdfgcError(f"unknown data mode {mode!r}; one of {', '.join(MODES)}")
         self.root, self.mode, self.image_size, self.seed = root, mode, int(image_size), int(seed)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.batch_size_per_device = self.batch_size
         self.samples_per_epoch, self.val_samples = int(samples_per_epoch), int(val_samples)
         self.sampling = dict(num_lip_steps=num_lip_steps, emotion_window=emotion_window, lip_min_gap=lip_min_gap,
                              eye_gap=tuple(eye_gap), eye_blink_prob=eye_blink_prob,
@@ -258,6 +261,9 @@ class VoxCeleb2DataModule(pl.LightningDataModule):
         return [r for r in records if id(r) not in left_out]
 
     def setup(self, stage: str | None = None) -> None:
+        # The global batch split over the trainer's processes (same recipe on 1 or 64 GPUs).
+        self.batch_size_per_device = per_device_batch_size(
+            self.batch_size, self.trainer.world_size if self.trainer is not None else 1)
         if self.splits:
             return
         records = load_index(self.root)
@@ -291,7 +297,7 @@ class VoxCeleb2DataModule(pl.LightningDataModule):
     # ---- loaders ---------------------------------------------------------------------------
     def _loader_options(self) -> dict:
         workers = self.num_workers > 0
-        return dict(batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+        return dict(batch_size=self.batch_size_per_device, num_workers=self.num_workers, pin_memory=self.pin_memory,
                     persistent_workers=self.persistent_workers and workers, worker_init_fn=worker_init,
                     prefetch_factor=self.prefetch_factor if workers else None)
 

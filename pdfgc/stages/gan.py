@@ -22,6 +22,9 @@ class GanStepMixin:
     """
 
     grad_clip: float = 5.0
+    #: Under DDP the D backward leaves G's parameters without gradients (and the G backward
+    #: D's, when the adversarial terms are off): DDP must search for unused parameters.
+    ddp_find_unused_parameters: bool = True
 
     def setup_gan(self, loss_weights, grad_clip: float, vgg_weights: str | None) -> None:
         """Manual optimisation, the loss weights, and the VGG19 only when its weight is non-zero."""
