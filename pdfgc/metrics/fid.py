@@ -1,0 +1,70 @@
+"""FID through torchmetrics' ``FrechetInceptionDistance`` with Inception weights from a local file.
+
+No package ships the FID Inception weights (``shared/reference/metrics.md`` §2): the user gives
+``weights-inception-2015-12-05-6726825d.pth`` (torch-fidelity) or pytorch-fid's
+``pt_inception-2015-12-05-6726825d.pth``; nothing is downloaded. The resize to 299 is fixed to
+torch-fidelity's TF1-compatible bilinear (``antialias=False``), the rule of the published FID
+implementations; torchmetrics' own default (antialiased) gives other numbers, so the rule is
+recorded beside every FID figure (``fid_resize``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from pdfgc.errors import PdfgcError
+
+__all__ = ["RESIZE_RULES", "build_fid", "check_inception_weights", "fid_images"]
+
+#: ``antialias`` flag of torchmetrics' Inception -> the name recorded in reports.
+RESIZE_RULES = {False: "tf1-bilinear (torch-fidelity)", True: "antialiased-bilinear (torchmetrics default)"}
+
+
+def check_inception_weights(path: str | os.PathLike | None) -> Path:
+    """The weights file, checked: it exists and is a plain tensor state_dict.
+
+    torch-fidelity reads it with ``weights_only=False``; reading it first with
+    ``weights_only=True`` refuses a file that would run code, with a one-line error.
+    """
+    if not path:
+        raise PdfgcError("FID needs Inception weights: set metrics.fid.weights=<path to "
+                         "weights-inception-2015-12-05-6726825d.pth> (torch-fidelity / pytorch-fid release)")
+    path = Path(path)
+    if not path.is_file():
+        raise PdfgcError(f"FID Inception weights not found: {path}")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise PdfgcError(f"cannot read FID Inception weights {path}: {type(exc).__name__}") from exc
+    if not isinstance(state, dict) or "fc.weight" not in state:
+        raise PdfgcError(f"{path} is not an InceptionV3 state_dict (expected the FID release, fc with 1008 outputs)")
+    return path
+
+
+def build_fid(weights: str | os.PathLike | None, feature: int = 2048, antialias: bool = False) -> FrechetInceptionDistance:
+    """A torchmetrics FID (DDP-safe sums) over uint8 images ``(N, 3, H, W)``.
+
+    Args:
+        weights: the Inception file (see module doc); loaded strictly by torch-fidelity.
+        feature: 64 | 192 | 768 | 2048 (2048 is the standard FID; 64 is cheap, for tests).
+        antialias: the resize rule (see :data:`RESIZE_RULES`); keep ``False`` to compare with papers.
+    """
+    path = check_inception_weights(weights)
+    try:
+        return FrechetInceptionDistance(feature=int(feature), feature_extractor_weights_path=str(path),
+                                        antialias=bool(antialias), reset_real_features=True)
+    except RuntimeError as exc:  # strict load_state_dict: wrong architecture
+        raise PdfgcError(f"{path} does not fit torch-fidelity's InceptionV3: {str(exc).splitlines()[0]}") from exc
+
+
+def fid_images(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``(T, H, W, 3)`` uint8 RGB (numpy) -> ``(T, 3, H, W)`` uint8, the FID input."""
+    x = torch.as_tensor(np.asarray(frames))
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {tuple(x.shape)} {x.dtype}")
+    return x.permute(0, 3, 1, 2).contiguous()
