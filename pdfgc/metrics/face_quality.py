@@ -9,7 +9,6 @@ or, for aligned crops too small for it, the whole frame is taken as the face box
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -25,12 +24,10 @@ __all__ = ["CosineIdentitySimilarity", "DlibFaceDescriptor", "cosine_similarity"
 
 
 def face_recognition_model_path(name: str) -> Path:
-    """A model file shipped in ``face-recognition-models`` (located without importing it: its
-    ``__init__`` needs ``pkg_resources``, which recent setuptools no longer has)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise PdfgcError("package face-recognition-models is not installed (pip install face-recognition-models)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / name
+    """A model file shipped in ``face-recognition-models``, beside the 68-point predictor."""
+    from pdfgc.faces.landmarks import shipped_dlib_predictor
+
+    path = shipped_dlib_predictor().with_name(name)
     if not path.is_file():
         raise PdfgcError(f"{name} missing from face-recognition-models: {path}")
     return path
