@@ -19,7 +19,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from pdfgc.errors import PdfgcError
 
-__all__ = ["RESIZE_RULES", "build_fid", "check_inception_weights", "fid_images"]
+__all__ = ["RESIZE_RULES", "build_fid", "check_inception_weights", "fid_from_features", "fid_images"]
 
 #: ``antialias`` flag of torchmetrics' Inception -> the name recorded in reports.
 RESIZE_RULES = {False: "tf1-bilinear (torch-fidelity)", True: "antialiased-bilinear (torchmetrics default)"}
@@ -68,3 +68,27 @@ def fid_images(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {tuple(x.shape)} {x.dtype}")
     return x.permute(0, 3, 1, 2).contiguous()
+
+
+class _GivenFeatures(torch.nn.Module):
+    """Feature 'extractor' for features computed earlier: ``(N, D, 1, 1)`` -> ``(N, D)``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).double()
+
+
+def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
+    """FID of two sets of Inception features ``(N, D)`` / ``(M, D)`` (cached per clip by the
+    evaluation), through torchmetrics' accumulation and ``compute``; NaN with < 2 samples a side."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    if len(real) < 2 or len(fake) < 2:
+        return float("nan")
+    dim = real.shape[1]
+    metric = FrechetInceptionDistance(feature=_GivenFeatures(dim), input_img_size=(dim, 1, 1))
+    metric.update(torch.from_numpy(real).reshape(-1, dim, 1, 1), real=True)
+    metric.update(torch.from_numpy(fake).reshape(-1, dim, 1, 1), real=False)
+    return float(metric.compute())
