@@ -20,7 +20,7 @@ log = logging.getLogger("pdfgc.evaluate")
 
 
 @dataclass(frozen=True)
-class TestClip:
+class EvalClip:
     """One clip of a processed test set (absolute paths)."""
 
     clip_id: str  # "<speaker>/<clip>", unique
@@ -37,7 +37,7 @@ class TestClip:
         return list_frame_files(self.frames_dir)[0]
 
 
-def read_test_clips(root: str | Path, split: str | None = "test", max_clips: int | None = None) -> list[TestClip]:
+def read_test_clips(root: str | Path, split: str | None = "test", max_clips: int | None = None) -> list[EvalClip]:
     """Clips of ``split`` (``None``: all) listed in ``root/index.jsonl``, in index order.
 
     Raises:
@@ -63,7 +63,7 @@ def read_test_clips(root: str | Path, split: str | None = "test", max_clips: int
             skipped += 1
             log.warning("skipping test-set entry %d of %s: %s", n, index, exc)
             continue
-        clips.append(TestClip(f"{e['speaker']}/{e['clip']}", str(e["speaker"]), frames_dir, audio,
+        clips.append(EvalClip(f"{e['speaker']}/{e['clip']}", str(e["speaker"]), frames_dir, audio,
                               int(e["num_frames"])))
         if max_clips is not None and len(clips) >= max_clips:
             break
@@ -74,7 +74,7 @@ def read_test_clips(root: str | Path, split: str | None = "test", max_clips: int
     return clips
 
 
-def read_clip_frames(clip: TestClip, size: int, max_frames: int | None = None) -> np.ndarray:
+def read_clip_frames(clip: EvalClip, size: int, max_frames: int | None = None) -> np.ndarray:
     """``(T, size, size, 3)`` uint8 RGB: the clip's frames through the official crop at ``size``
     (what the generator's output is compared with)."""
     from pdfgc.video import list_frame_files, official_crop, read_image, to_uint8
@@ -83,7 +83,7 @@ def read_clip_frames(clip: TestClip, size: int, max_frames: int | None = None) -
     return np.stack([to_uint8(official_crop(read_image(f), size)) for f in files])
 
 
-def cross_pairs(clips: list[TestClip], num_pairs: int) -> list[tuple[TestClip, TestClip]]:
+def cross_pairs(clips: list[EvalClip], num_pairs: int) -> list[tuple[EvalClip, EvalClip]]:
     """Deterministic (source, driver) pairs with different speakers: source ``i`` with the next
     clip of another speaker; at most ``num_pairs``."""
     pairs = []

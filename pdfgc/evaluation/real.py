@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from pdfgc.evaluation.processed import TestClip, cross_pairs, read_clip_frames
+from pdfgc.evaluation.processed import EvalClip, cross_pairs, read_clip_frames
 from pdfgc.evaluation.scoring import ClipScorer, FaceMeasures
 from pdfgc.io import atomic_path, atomic_write_text
 
@@ -107,9 +107,11 @@ class RealDataEvaluation:
         self.max_frames, self.batch_size = max_frames, batch_size
         self.side = pipeline.image_size
         self._clip_data: dict[str, tuple] = {}
+        self._measures: dict[str, FaceMeasures] = {}  # of real clips, reused by every pair
+        self._identity: dict[str, np.ndarray] = {}  # portrait descriptor per source clip
 
     # -- inputs ----------------------------------------------------------------------------------
-    def clip_data(self, clip: TestClip) -> tuple[Path, np.ndarray, np.ndarray]:
+    def clip_data(self, clip: EvalClip) -> tuple[Path, np.ndarray, np.ndarray]:
         """``(trimmed wav path, int16 audio, frames (T, S, S, 3))`` of a clip, audio and frames
         cut to the same ``T`` (at most ``max_frames``)."""
         if clip.clip_id not in self._clip_data:
@@ -129,29 +131,42 @@ class RealDataEvaluation:
                 self._clip_data.pop(next(iter(self._clip_data)))
         return self._clip_data[clip.clip_id]
 
-    def generate(self, source: TestClip, driver: TestClip, controls: Iterable[str],
+    def real_measures(self, clip: EvalClip) -> FaceMeasures:
+        """Landmark measurements of a real clip (computed once per run)."""
+        if clip.clip_id not in self._measures:
+            self._measures[clip.clip_id] = self.scorer.measure(self.clip_data(clip)[2])
+        return self._measures[clip.clip_id]
+
+    def identity(self, clip: EvalClip) -> np.ndarray:
+        """Identity descriptor of a clip's portrait (its first frame)."""
+        if clip.clip_id not in self._identity:
+            self._identity[clip.clip_id] = self.scorer.portrait_descriptor(self.clip_data(clip)[2][0])
+        return self._identity[clip.clip_id]
+
+    def generate(self, source: EvalClip, driver: EvalClip, controls: Iterable[str],
                  driver_fields: Iterable[str]) -> np.ndarray:
         """Generated frames ``(T, S, S, 3)`` uint8: ``source``'s portrait, ``driver``'s audio, the
         named driver fields from ``driver``'s frames, only ``controls`` on."""
         from pdfgc.generation import GenerationRequest
 
         wav, _, frames = self.clip_data(driver)
-        req = GenerationRequest(audio_path=str(wav), app_img_path=str(source.portrait), output_path="",
+        req = GenerationRequest(audio_path=str(wav), app_img_path=str(source.portrait),
+                                output_path=str(self.work_dir / "unused.mp4"),  # frames are kept in memory
                                 batch_size=self.batch_size, **{c: True for c in controls},
                                 **{f: str(driver.frames_dir) for f in driver_fields})
         out = np.concatenate(list(self.pipeline.iter_frames(req)))
         return out[:len(frames)]
 
     # -- protocols -------------------------------------------------------------------------------
-    def self_driven(self, clip: TestClip) -> tuple[dict, dict]:
+    def self_driven(self, clip: EvalClip) -> tuple[dict, dict]:
         wav, audio, gt = self.clip_data(clip)
         ours = self.generate(clip, clip, ["all"], ["pose_path", "exp_path", "eye_path"])
         s = self.scorer
-        m_ours, m_gt = s.measure(ours), s.measure(gt)
-        portrait = gt[0]
+        m_ours, m_gt = s.measure(ours), self.real_measures(clip)
+        ref = self.identity(clip)
         record = {"ours": {**s.reconstruction(ours, gt, m_ours, m_gt), **s.lip_sync(ours, audio),
-                           "csim": s.csim(portrait, ours), "face_rate": m_ours.face_rate},
-                  "gt": {**s.lip_sync(gt, audio), "csim": s.csim(portrait, gt[1:] if len(gt) > 1 else gt),
+                           "csim": s.csim(ref, ours), "face_rate": m_ours.face_rate},
+                  "gt": {**s.lip_sync(gt, audio), "csim": s.csim(ref, gt[1:] if len(gt) > 1 else gt),
                          "face_rate": m_gt.face_rate}}
         arrays = {}
         feats_ours, feats_gt = s.fid_features(ours), s.fid_features(gt)
@@ -159,14 +174,15 @@ class RealDataEvaluation:
             arrays = {"fid_ours": feats_ours, "fid_gt": feats_gt}
         return record, arrays
 
-    def cross_driven(self, factor: str, source: TestClip, driver: TestClip) -> tuple[dict, dict]:
+    def cross_driven(self, factor: str, source: EvalClip, driver: EvalClip) -> tuple[dict, dict]:
         control, field = CONTROL_OF[factor]
         _, audio, drv_frames = self.clip_data(driver)
         _, _, src_frames = self.clip_data(source)
         ours = self.generate(source, driver, [control], [field] if field else [])
         s = self.scorer
         portrait = src_frames[0]
-        record: dict[str, dict[str, Any]] = {"ours": {"csim": s.csim(portrait, ours)}, "gt": {}, "static": {}}
+        record: dict[str, dict[str, Any]] = {"ours": {"csim": s.csim(self.identity(source), ours)}, "gt": {},
+                                             "static": {}}
         if factor == "lip":
             record["ours"].update(s.lip_sync(ours, audio))
             record["gt"].update(s.lip_sync(drv_frames, audio))
@@ -177,8 +193,8 @@ class RealDataEvaluation:
             record["static"]["emotion_similarity"] = _code_similarity(
                 np.repeat(self._emotion_codes(portrait[None]), len(ours), 0), drv_codes)
         else:
-            m_ours, m_drv = s.measure(ours), s.measure(drv_frames)
-            m_static = s.measure(portrait[None]).repeated(len(ours))
+            m_ours, m_drv = s.measure(ours), self.real_measures(driver)
+            m_static = self.real_measures(source).repeated(len(ours))  # its first frame, held still
             record["ours"]["face_rate"] = m_ours.face_rate
             for role, m in (("ours", m_ours), ("static", m_static)):
                 record[role].update(self._factor_figures(factor, m, m_drv))
@@ -202,7 +218,7 @@ class RealDataEvaluation:
             return motion_codes(self.pipeline.nets, images.to(self.pipeline.device))["emotion"].float().cpu().numpy()
 
     # -- driver ------------------------------------------------------------------------------------
-    def jobs(self, clips: list[TestClip], num_pairs: int, protocols: Iterable[str]) -> list[tuple]:
+    def jobs(self, clips: list[EvalClip], num_pairs: int, protocols: Iterable[str]) -> list[tuple]:
         """``(protocol, name, callable)`` for every record to produce."""
         jobs = []
         if "self" in protocols:
@@ -216,7 +232,7 @@ class RealDataEvaluation:
                                  {"source": src.clip_id, "driver": drv.clip_id}))
         return jobs
 
-    def run(self, clips: list[TestClip], num_pairs: int, protocols: Iterable[str],
+    def run(self, clips: list[EvalClip], num_pairs: int, protocols: Iterable[str],
             progress: bool = True) -> tuple[list[dict], dict[str, list[np.ndarray]]]:
         """All records (cached ones reused) and the FID features per role."""
         from tqdm import tqdm

@@ -131,10 +131,13 @@ class ClipScorer:
         return torch.cat([self.inception(x[s:s + batch_size].to(self.device)).float().cpu()
                           for s in range(0, len(x), batch_size)]).numpy()
 
-    def csim(self, portrait: np.ndarray, frames: np.ndarray) -> float:
-        """Mean cosine similarity of every ``frame_stride``-th frame to the portrait's descriptor."""
-        ref = self.descriptor(portrait[None])[0]
-        return _nanmean(cosine_similarity(ref, self.descriptor(frames[::self.identity_stride])))
+    def portrait_descriptor(self, portrait: np.ndarray) -> np.ndarray:
+        """``(128,)`` identity descriptor of a ``(S, S, 3)`` uint8 portrait."""
+        return self.descriptor(portrait[None])[0]
+
+    def csim(self, reference: np.ndarray, frames: np.ndarray) -> float:
+        """Mean cosine similarity of every ``frame_stride``-th frame to the reference descriptor."""
+        return _nanmean(cosine_similarity(reference, self.descriptor(frames[::self.identity_stride])))
 
     # -- comparisons -----------------------------------------------------------------------------
     def blink_figures(self, ours: FaceMeasures, ref: FaceMeasures) -> dict[str, float]:
