@@ -218,8 +218,9 @@ class RealDataEvaluation:
             return motion_codes(self.pipeline.nets, images.to(self.pipeline.device))["emotion"].float().cpu().numpy()
 
     # -- driver ------------------------------------------------------------------------------------
-    def jobs(self, clips: list[EvalClip], num_pairs: int, protocols: Iterable[str]) -> list[tuple]:
-        """``(protocol, name, callable)`` for every record to produce."""
+    def jobs(self, clips: list[EvalClip], num_pairs: int, protocols: Iterable[str],
+             factors: Iterable[str] = FACTORS) -> list[tuple]:
+        """``(protocol, name, callable, meta)`` for every record to produce."""
         jobs = []
         if "self" in protocols:
             jobs += [("self", c.clip_id, (lambda c=c: self.self_driven(c)), {"source": c.clip_id, "driver": c.clip_id})
@@ -227,18 +228,18 @@ class RealDataEvaluation:
         if "cross" in protocols:
             for src, drv in cross_pairs(clips, num_pairs):
                 name = f"{src.clip_id}__{drv.clip_id}"
-                for factor in FACTORS:
+                for factor in factors:
                     jobs.append((f"cross/{factor}", name, (lambda f=factor, a=src, b=drv: self.cross_driven(f, a, b)),
                                  {"source": src.clip_id, "driver": drv.clip_id}))
         return jobs
 
-    def run(self, clips: list[EvalClip], num_pairs: int, protocols: Iterable[str],
+    def run(self, clips: list[EvalClip], num_pairs: int, protocols: Iterable[str], factors: Iterable[str] = FACTORS,
             progress: bool = True) -> tuple[list[dict], dict[str, list[np.ndarray]]]:
         """All records (cached ones reused) and the FID features per role."""
         from tqdm import tqdm
 
         records, features = [], {"ours": [], "gt": []}
-        jobs = self.jobs(clips, num_pairs, list(protocols))
+        jobs = self.jobs(clips, num_pairs, list(protocols), list(factors))
         reused = 0
         for protocol, name, make, meta in tqdm(jobs, desc="evaluate", unit="clip", disable=not progress):
             record, arrays = self.cache.load(protocol, name)

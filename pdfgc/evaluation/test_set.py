@@ -31,7 +31,7 @@ def evaluate_test_set(cfg: DictConfig, nets, out_dir: Path) -> dict:
     """Run ``cfg.test_set``'s protocols for ``nets``; writes the real-data report files into
     ``out_dir`` and returns the flat figures (``real/...``, estimator names included)."""
     from pdfgc.evaluation.processed import read_test_clips
-    from pdfgc.evaluation.real import RealDataEvaluation, RecordCache, settings_fingerprint
+    from pdfgc.evaluation.real import FACTORS, RealDataEvaluation, RecordCache, settings_fingerprint
     from pdfgc.evaluation.real_report import aggregate, write_real_report
     from pdfgc.evaluation.scoring import ClipScorer
     from pdfgc.generation import GenerationPipeline, ModelOptions
@@ -41,6 +41,9 @@ def evaluate_test_set(cfg: DictConfig, nets, out_dir: Path) -> dict:
     unknown = set(ts.protocols) - {"self", "cross"}
     if unknown:
         raise PdfgcError(f"unknown test_set.protocols {sorted(unknown)} (self, cross)")
+    factors = list(ts.get("factors") or FACTORS)
+    if set(factors) - set(FACTORS):
+        raise PdfgcError(f"unknown test_set.factors {sorted(set(factors) - set(FACTORS))} ({', '.join(FACTORS)})")
     if ts.kind == "synthtalk":
         root = synthtalk_test_root(cfg, nets.image_size)
     elif ts.kind == "processed":
@@ -54,7 +57,7 @@ def evaluate_test_set(cfg: DictConfig, nets, out_dir: Path) -> dict:
                 "max_frames": ts.max_frames, "split": ts.split}
     cache = RecordCache(Path(ts.cache_dir), settings_fingerprint(str(cfg.checkpoint), settings))
     evaluation = RealDataEvaluation(pipeline, scorer, out_dir / "work", cache, ts.max_frames, int(ts.batch_size))
-    records, features = evaluation.run(clips, int(ts.num_pairs), list(ts.protocols))
+    records, features = evaluation.run(clips, int(ts.num_pairs), list(ts.protocols), factors)
     figures = aggregate(records, features)
     estimators = scorer.estimators()
     write_real_report(out_dir, records, figures, estimators)
