@@ -47,6 +47,9 @@ def test_syncnet_loader_names_the_problem(random_syncnet, tmp_path):
         load_syncnet(tmp_path / "nope.model")
     with pytest.raises(PdfgcError, match="syncnet_v2.model"):
         load_syncnet(None)
+    (tmp_path / "garbage.model").write_bytes(b"not a pickle")
+    with pytest.raises(PdfgcError, match="cannot read"):
+        load_syncnet(tmp_path / "garbage.model")
     state = random_syncnet.state_dict()
     state["netfcaud.3.weight"] = torch.zeros(10, 512)
     torch.save(state, tmp_path / "bad_shape.model")

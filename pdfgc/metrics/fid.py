@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from pdfgc.checkpoints import read_state_dict
 from pdfgc.errors import PdfgcError
 
 __all__ = ["RESIZE_RULES", "build_fid", "check_inception_weights", "fid_from_features", "fid_images"]
@@ -37,10 +38,7 @@ def check_inception_weights(path: str | os.PathLike | None) -> Path:
     path = Path(path)
     if not path.is_file():
         raise PdfgcError(f"FID Inception weights not found: {path}")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:
-        raise PdfgcError(f"cannot read FID Inception weights {path}: {type(exc).__name__}") from exc
+    state = read_state_dict(path)  # weights_only; one-line errors for unreadable / non-state_dict files
     if not isinstance(state, dict) or "fc.weight" not in state:
         raise PdfgcError(f"{path} is not an InceptionV3 state_dict (expected the FID release, fc with 1008 outputs)")
     return path

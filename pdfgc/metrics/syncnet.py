@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pdfgc.checkpoints import read_state_dict
 from pdfgc.errors import PdfgcError
 
 __all__ = ["SyncNet", "load_syncnet"]
@@ -78,12 +79,7 @@ def load_syncnet(path: str | os.PathLike | None, device: str | torch.device = "c
     path = Path(path)
     if not path.is_file():
         raise PdfgcError(f"SyncNet weights not found: {path} (syncnet_v2.model from syncnet_python)")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # legacy pickles of plain tensors load with weights_only; anything else is wrong
-        raise PdfgcError(f"cannot read SyncNet weights {path}: {type(exc).__name__}") from exc
-    if isinstance(state, nn.Module) or not isinstance(state, dict):
-        raise PdfgcError(f"{path} is not a SyncNet state_dict (syncnet_v2.model)")
+    state = read_state_dict(path)  # weights_only; one-line errors for unreadable / non-state_dict files
     net = SyncNet()
     own = net.state_dict()
     unknown = sorted(set(state) - set(own))
