@@ -113,12 +113,24 @@ def test_a_rerun_reuses_scored_records(weights, tmp_path):
         assert again[key] == pytest.approx(metrics[key], rel=1e-5), key
 
 
-def test_missing_syncnet_weights_is_one_line(weights, tmp_path):
-    proc = evaluate(weights, tmp_path / "run", f"data.cache_dir={tmp_path / 'cache'}",
-                    f"metrics.syncnet.weights={tmp_path / 'nope.model'}")
-    assert proc.returncode == 2
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "SyncNet weights not found" in errors[0]
+def test_missing_metric_weights_are_one_line_errors(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import CONFIG_DIR
+    from pdfgc.evaluation.scoring import ClipScorer
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["checkpoint=x", "test_set=synthtalk",
+                                                          f"metrics.syncnet.weights={tmp_path / 'nope.model'}"])
+    metrics = OmegaConf.to_container(cfg.metrics, resolve=True)
+    with pytest.raises(PdfgcError, match="SyncNet weights not found: .*nope.model"):
+        ClipScorer(metrics)
+    metrics["syncnet"]["weights"] = None
+    metrics["fid"]["weights"] = str(tmp_path / "inception.pth")
+    with pytest.raises(PdfgcError, match="FID Inception weights not found"):
+        ClipScorer(metrics)
 
 
 def _write_index(root, entries):
