@@ -68,3 +68,40 @@ def test_psnr_and_ssim_known_answers():
     noisy = np.clip(frames + rng.normal(0, 40, frames.shape), 0, 255).astype(np.uint8)
     s = frame_ssim(noisy, frames)
     assert s.shape == (3,) and np.all(s < 0.9)
+
+
+def test_iresnet_sizes_are_insightfaces():
+    from pdfgc.networks.iresnet import IResNet
+
+    # arcface_torch's published backbone sizes: IResNet-50 43.59 M, IResNet-100 65.16 M parameters
+    assert sum(p.numel() for p in IResNet("r50").parameters()) == pytest.approx(43.59e6, rel=1e-3)
+    r100 = IResNet("r100").state_dict()
+    assert sum(v.numel() for k, v in r100.items() if "running" not in k and "num_batches" not in k) == \
+        pytest.approx(65.16e6, rel=1e-3)
+    assert r100["fc.weight"].shape == (512, 512 * 7 * 7) and "layer3.29.conv2.weight" in r100
+
+
+def test_arcface_descriptor_loads_user_weights_and_aligns_faces(astronaut, tmp_path):
+    import torch
+
+    from pdfgc.errors import PdfgcError
+    from pdfgc.metrics.face_quality import ArcFaceDescriptor, build_identity_descriptor
+    from pdfgc.networks.iresnet import IResNet
+
+    torch.manual_seed(0)
+    torch.save(IResNet("r18").state_dict(), tmp_path / "backbone.pth")
+    arcface = build_identity_descriptor("arcface", arcface_weights=str(tmp_path / "backbone.pth"), arcface_depth="r18")
+    noise = np.random.default_rng(0).integers(0, 256, astronaut.shape, dtype=np.uint8)
+    emb = arcface(np.stack([astronaut, astronaut, noise]))
+    assert emb.shape == (3, 512)
+    assert np.isfinite(emb[:2]).all() and np.isnan(emb[2]).all()  # no face in the noise
+    assert cosine_similarity(emb[0], emb[1:2])[0] == pytest.approx(1.0, abs=1e-6)
+    crops, found = arcface.align(astronaut[None])
+    assert found[0] and crops.shape == (1, 112, 112, 3)
+    # the aligned crop is the face: its mean colour is skin, far from the whole picture's
+    face = astronaut[76:166, 175:265].reshape(-1, 3).mean(0)
+    assert np.abs(crops[0, 20:90, 20:90].reshape(-1, 3).mean(0) - face).max() < 30
+    with pytest.raises(PdfgcError, match="not an arcface_torch IResNet-34"):
+        ArcFaceDescriptor(tmp_path / "backbone.pth", depth="r34")
+    with pytest.raises(PdfgcError, match="ArcFace weights not found"):
+        build_identity_descriptor("arcface", arcface_weights=None)

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from pdfgc.metrics.face_quality import DlibFaceDescriptor, cosine_similarity, frame_psnr, frame_ssim
+from pdfgc.metrics.face_quality import build_identity_descriptor, cosine_similarity, frame_psnr, frame_ssim
 from pdfgc.metrics.gaze_blink import (BLINK_ESTIMATOR, GAZE_ESTIMATOR, blink_events, blink_matches, ear_agreement,
                                       gaze_errors)
 from pdfgc.metrics.landmark_metrics import POSE_ESTIMATOR, landmark_distances, pose_errors_degrees
@@ -74,7 +74,9 @@ class ClipScorer:
             self.inception.to(device)
         self.fid_resize = RESIZE_RULES[bool(fid["antialias"])]
         ident = cfg["identity"]
-        self.descriptor = DlibFaceDescriptor(detect=bool(ident["detect"]))
+        self.descriptor = build_identity_descriptor(ident.get("backend", "dlib"), bool(ident["detect"]),
+                                                    ident.get("arcface_weights"), ident.get("arcface_depth", "r100"),
+                                                    device)
         self.identity_stride = int(ident["frame_stride"])
         lm = dict(cfg["landmarks"])
         self.landmarker = build_landmark_detector(lm.pop("backend"), **lm)
@@ -91,7 +93,7 @@ class ClipScorer:
             "lse": "SyncNet v2 (syncnet_v2.model), syncnet_python protocol" if self.syncnet else "not computed (no weights)",
             "fid": (f"torchmetrics FID, Inception {int(self.cfg['fid']['feature'])}-d, resize {self.fid_resize}"
                     if self.inception is not None else "not computed (no weights)"),
-            "csim": f"{self.descriptor.name} (dlib, shipped), cosine to the source portrait",
+            "csim": f"{self.descriptor.name}, cosine to the source portrait",
             "gaze": GAZE_ESTIMATOR, "blink": BLINK_ESTIMATOR, "pose": POSE_ESTIMATOR,
             "lmd": f"dlib 68 landmarks, pixels of a 224 frame (measured at {self.measure_side} px)",
             "emotion": EMOTION_ESTIMATOR,

@@ -1,4 +1,5 @@
-"""Frame-quality and identity metrics: CSIM (dlib face descriptor), PSNR, SSIM.
+"""Frame-quality and identity metrics: CSIM (dlib face descriptor, or ArcFace from the user's
+weights), PSNR, SSIM.
 
 CSIM is the cosine similarity of identity descriptors between the source portrait and each
 generated frame (PC-AVS / PD-FGC practice). The descriptor is dlib's ResNet
@@ -19,8 +20,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from pdfgc.errors import PdfgcError
 
-__all__ = ["CosineIdentitySimilarity", "DlibFaceDescriptor", "cosine_similarity", "face_recognition_model_path",
-           "frame_psnr", "frame_ssim"]
+__all__ = ["ArcFaceDescriptor", "CosineIdentitySimilarity", "DlibFaceDescriptor", "build_identity_descriptor",
+           "cosine_similarity", "face_recognition_model_path", "frame_psnr", "frame_ssim"]
 
 
 def face_recognition_model_path(name: str) -> Path:
@@ -81,6 +82,84 @@ class DlibFaceDescriptor:
             shape = self._shape(frame, self.face_box(frame))
             out[i] = np.asarray(self._model.compute_face_descriptor(frame, shape), np.float32)
         return out
+
+
+class ArcFaceDescriptor:
+    """ArcFace (insightface IResNet) 512-d embeddings, from the user's ``backbone.pth``.
+
+    Faces are aligned like insightface does: a similarity from five points (eye centres, nose
+    tip, mouth corners, taken from the 68 dlib landmarks) to :data:`ARCFACE_TEMPLATE_112`.
+    Frames without a face give NaN rows.
+    """
+
+    name = "arcface-iresnet"
+
+    def __init__(self, weights: str | os.PathLike, depth: str = "r100", device: str = "cpu",
+                 landmarker=None) -> None:
+        from pdfgc.checkpoints import read_state_dict
+        from pdfgc.faces import build_landmark_detector
+        from pdfgc.networks.iresnet import IRESNET_LAYERS, IResNet
+
+        if not weights or not Path(weights).is_file():
+            raise PdfgcError(f"ArcFace weights not found: {weights} (arcface_torch backbone.pth)")
+        if depth not in IRESNET_LAYERS:
+            raise PdfgcError(f"unknown ArcFace depth {depth!r} (one of {', '.join(IRESNET_LAYERS)})")
+        net = IResNet(depth)
+        result = net.load_state_dict(read_state_dict(weights), strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            bad = (result.missing_keys or result.unexpected_keys)[0]
+            raise PdfgcError(f"{weights} is not an arcface_torch IResNet-{depth[1:]} state_dict (key {bad})")
+        self.net = net.eval().to(device)
+        self.device = device
+        self.name = f"arcface-iresnet{depth[1:]}"
+        self.landmarker = landmarker or build_landmark_detector("dlib")
+
+    @staticmethod
+    def five_points(landmarks: np.ndarray) -> np.ndarray:
+        """``(..., 68, 2)`` -> ``(..., 5, 2)``: eye A / eye B centres, nose tip, mouth corners."""
+        lm = np.asarray(landmarks, np.float32)
+        return np.stack([lm[..., 36:42, :].mean(-2), lm[..., 42:48, :].mean(-2), lm[..., 30, :], lm[..., 48, :],
+                         lm[..., 54, :]], axis=-2)
+
+    def align(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(T, 112, 112, 3)`` uint8 aligned crops and ``(T,)`` bool "face found"."""
+        import cv2
+
+        from pdfgc.networks.iresnet import ARCFACE_TEMPLATE_112
+
+        frames = np.asarray(frames)
+        points = self.five_points(self.landmarker.detect(frames).landmarks)
+        crops = np.zeros((len(frames), 112, 112, 3), np.uint8)
+        found = np.isfinite(points).all(axis=(1, 2))
+        for t in np.flatnonzero(found):
+            m, _ = cv2.estimateAffinePartial2D(points[t], ARCFACE_TEMPLATE_112)
+            if m is None:
+                found[t] = False
+                continue
+            crops[t] = cv2.warpAffine(np.ascontiguousarray(frames[t]), m, (112, 112), borderValue=0)
+        return crops, found
+
+    @torch.no_grad()
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """``(T, H, W, 3)`` uint8 RGB -> ``(T, 512)`` float32 (NaN rows without a face)."""
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        crops, found = self.align(frames)
+        x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        out = self.net(x.to(self.device)).float().cpu().numpy()
+        out[~found] = np.nan
+        return out
+
+
+def build_identity_descriptor(backend: str = "dlib", detect: bool = True, arcface_weights: str | None = None,
+                              arcface_depth: str = "r100", device: str = "cpu"):
+    """The CSIM descriptor: ``dlib`` (shipped, default) or ``arcface`` (needs ``arcface_weights``)."""
+    if backend == "dlib":
+        return DlibFaceDescriptor(detect=detect)
+    if backend == "arcface":
+        return ArcFaceDescriptor(arcface_weights, arcface_depth, device)
+    raise PdfgcError(f"unknown identity backend {backend!r} (dlib | arcface)")
 
 
 def cosine_similarity(reference: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
