@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -20,6 +21,9 @@ def synthtalk_test_root(cfg: DictConfig, image_size: int) -> Path:
 
     dm = hydra.utils.instantiate(cfg.data, image_size=image_size)
     w = dm.world
+    if cfg.test_set.max_clips:  # render only the speakers whose clips are used (clips are per-speaker deterministic)
+        needed = -(-int(cfg.test_set.max_clips) // w.clips_per_speaker)
+        w = dataclasses.replace(w, heldout_speakers=min(w.heldout_speakers, needed))
     root = cfg.test_set.root or Path(dm.cache_dir or cfg.output_dir) / (
         f"processed_test_s{w.seed}_{w.num_speakers}+{w.heldout_speakers}spk_{w.clips_per_speaker}x"
         f"{w.clip_seconds:g}s_{w.image_size}px")
