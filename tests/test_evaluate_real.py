@@ -145,9 +145,10 @@ def test_reader_skips_broken_entries_and_pairs_other_speakers(tmp_path):
         (folder / "frames").mkdir(parents=True)
         (folder / "audio.wav").write_bytes(b"")
         entries.append({"speaker": spk, "clip": clip, "split": "test", "num_frames": 3,
-                        "frames_dir": f"{spk}/{clip}/frames", "audio": f"{spk}/{clip}/audio.wav"})
+                        "frames_dir": f"{spk}/{clip}/frames", "audio": f"{spk}/{clip}/audio.wav",
+                        "spectrogram": f"{spk}/{clip}/spectrograms.npy"})
     entries.append({"speaker": "d", "clip": "gone", "split": "test", "num_frames": 3, "frames_dir": "d/gone/frames",
-                    "audio": "d/gone/audio.wav"})
+                    "audio": "d/gone/audio.wav", "spectrogram": "d/gone/spectrograms.npy"})
     entries.append(dict(entries[0], clip="train1", split="train"))
     _write_index(tmp_path, entries)
     clips = read_test_clips(tmp_path, "test")
@@ -157,7 +158,7 @@ def test_reader_skips_broken_entries_and_pairs_other_speakers(tmp_path):
     assert len(cross_pairs(clips, 2)) == 2
     with pytest.raises(PdfgcError, match="no usable"):
         read_test_clips(tmp_path, "val")
-    with pytest.raises(PdfgcError, match="index not found"):
+    with pytest.raises(PdfgcError, match="test set not found"):
         read_test_clips(tmp_path / "missing")
     assert isinstance(clips[0], EvalClip)
 

@@ -1,13 +1,10 @@
-"""Read test clips of the processed-data layout (docs/design.md) for evaluation.
-
-A small reader of its own (the VoxCeleb2 datamodule is not merged yet): ``index.jsonl`` entries
-of one split, the frames as the generator sees them (official crop at its side) and the audio.
-Broken entries (missing folder, no frames, no audio) are skipped, counted and logged.
+"""Test clips of a processed-data root (docs/design.md) for evaluation: the clips of one split
+(through the datamodules' clip index), their frames as the generator sees them (official crop at
+its side) and their audio. Broken clips (no frames, no audio) are skipped, counted and logged.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,39 +35,37 @@ class EvalClip:
 
 
 def read_test_clips(root: str | Path, split: str | None = "test", max_clips: int | None = None) -> list[EvalClip]:
-    """Clips of ``split`` (``None``: all) listed in ``root/index.jsonl``, in index order.
+    """Clips of ``split`` (``None``: all) of a processed root, in index order.
+
+    The clip index is the datamodules' (``datamodules.clip_index.load_index``: ``index.jsonl``,
+    or a scan of the PC-AVS layout); each clip's audio is ``audio.wav`` in its clip folder.
 
     Raises:
-        PdfgcError: no index, or no usable clip of that split.
+        PdfgcError: no such folder, no index / clip folders, or no usable clip of that split.
     """
+    from datamodules.clip_index import FRAME_SUBFOLDERS, load_index
+
     root = Path(root)
-    index = root / "index.jsonl"
-    if not index.is_file():
-        raise PdfgcError(f"test set index not found: {index} (a processed-data folder: preprocess.py or "
-                         "the SynthTalk export)")
+    if not root.is_dir():
+        raise PdfgcError(f"test set not found: {root} (a processed-data folder: preprocess.py or the SynthTalk export)")
     clips, skipped = [], 0
-    for n, line in enumerate(index.read_text().splitlines(), 1):
-        if not line.strip():
+    for r in load_index(root):
+        if split is not None and r.split != split:
             continue
-        try:
-            e = json.loads(line)
-            if split is not None and e.get("split") != split:
-                continue
-            frames_dir, audio = root / e["frames_dir"], root / e["audio"]
-            if not frames_dir.is_dir() or not audio.is_file() or int(e["num_frames"]) < 1:
-                raise FileNotFoundError(f"{frames_dir} or {audio}")
-        except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
+        frames_dir = Path(r.frames_dir)
+        clip_dir = frames_dir.parent if frames_dir.name in FRAME_SUBFOLDERS else frames_dir
+        audio = clip_dir / "audio.wav"
+        if not frames_dir.is_dir() or not audio.is_file() or r.num_frames < 1:
             skipped += 1
-            log.warning("skipping test-set entry %d of %s: %s", n, index, exc)
+            log.warning("skipping test clip %s/%s: no frames or no %s", r.speaker, r.clip, audio)
             continue
-        clips.append(EvalClip(f"{e['speaker']}/{e['clip']}", str(e["speaker"]), frames_dir, audio,
-                              int(e["num_frames"])))
+        clips.append(EvalClip(f"{r.speaker}/{r.clip}", r.speaker, frames_dir, audio, r.num_frames))
         if max_clips is not None and len(clips) >= max_clips:
             break
     if skipped:
-        log.warning("%d broken test-set entries skipped", skipped)
+        log.warning("%d test clips without frames or audio skipped", skipped)
     if not clips:
-        raise PdfgcError(f"no usable {split or ''} clips in {index}".replace("  ", " "))
+        raise PdfgcError(f"no usable {split + ' ' if split else ''}clips in {root}")
     return clips
 
 
