@@ -54,8 +54,8 @@ def weights(tmp_path_factory):
 def evaluate(weights, out, *extra):
     cmd = [sys.executable, "evaluate.py", f"checkpoint={weights / 'export'}", *WORLD, "synthtalk_report=false",
            "test_set=synthtalk", "test_set.max_frames=7", "test_set.num_pairs=1", "metrics.identity.frame_stride=4",
-           f"metrics.syncnet.weights={weights / 'syncnet_v2.model'}", f"metrics.fid.weights={weights / 'inception.pth'}",
-           "metrics.fid.feature=64", f"hydra.run.dir={out}", *extra]
+           f"metrics.syncnet.weights={weights / 'syncnet_v2.model'}",
+           f"metrics.fid.weights={weights / 'inception.pth'}", "metrics.fid.feature=64", f"hydra.run.dir={out}", *extra]
     return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
 
 

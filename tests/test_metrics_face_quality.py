@@ -103,5 +103,7 @@ def test_arcface_descriptor_loads_user_weights_and_aligns_faces(astronaut, tmp_p
     assert np.abs(crops[0, 20:90, 20:90].reshape(-1, 3).mean(0) - face).max() < 30
     with pytest.raises(PdfgcError, match="not an arcface_torch IResNet-34"):
         ArcFaceDescriptor(tmp_path / "backbone.pth", depth="r34")
-    with pytest.raises(PdfgcError, match="ArcFace weights not found"):
+    with pytest.raises(PdfgcError, match="metrics.identity.arcface_weights"):
         build_identity_descriptor("arcface", arcface_weights=None)
+    with pytest.raises(PdfgcError, match="ArcFace weights not found"):
+        build_identity_descriptor("arcface", arcface_weights=str(tmp_path / "missing.pth"))

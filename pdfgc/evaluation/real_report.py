@@ -123,8 +123,10 @@ def plot_factors(path: Path, figures: dict[str, float]) -> None:
         fig.savefig(tmp, format="png")
 
 
-def plot_distributions(path: Path, records: list[dict],
-                       metrics: tuple[str, ...] = ("psnr", "ssim", "csim", "lse_c", "pose_error", "gaze_error")) -> None:
+SELF_PLOTTED = ("psnr", "ssim", "csim", "lse_c", "pose_error", "gaze_error")
+
+
+def plot_distributions(path: Path, records: list[dict], metrics: tuple[str, ...] = SELF_PLOTTED) -> None:
     """Per-clip distributions (box plots) of the self-driven figures, ours vs ground truth."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -90,7 +90,8 @@ class ClipScorer:
     def estimators(self) -> dict[str, str]:
         """Which estimator produced which figure (written into the report)."""
         return {
-            "lse": "SyncNet v2 (syncnet_v2.model), syncnet_python protocol" if self.syncnet else "not computed (no weights)",
+            "lse": ("SyncNet v2 (syncnet_v2.model), syncnet_python protocol" if self.syncnet
+                    else "not computed (no weights)"),
             "fid": (f"torchmetrics FID, Inception {int(self.cfg['fid']['feature'])}-d, resize {self.fid_resize}"
                     if self.inception is not None else "not computed (no weights)"),
             "csim": f"{self.descriptor.name}, cosine to the source portrait",

@@ -96,16 +96,16 @@ class ArcFaceDescriptor:
 
     def __init__(self, weights: str | os.PathLike, depth: str = "r100", device: str = "cpu",
                  landmarker=None) -> None:
-        from pdfgc.checkpoints import read_state_dict
         from pdfgc.faces import build_landmark_detector
+        from pdfgc.metrics.weights import read_user_weights
         from pdfgc.networks.iresnet import IRESNET_LAYERS, IResNet
 
-        if not weights or not Path(weights).is_file():
-            raise PdfgcError(f"ArcFace weights not found: {weights} (arcface_torch backbone.pth)")
         if depth not in IRESNET_LAYERS:
             raise PdfgcError(f"unknown ArcFace depth {depth!r} (one of {', '.join(IRESNET_LAYERS)})")
+        weights, state = read_user_weights(weights, "ArcFace", "metrics.identity.arcface_weights",
+                                           "arcface_torch backbone.pth")
         net = IResNet(depth)
-        result = net.load_state_dict(read_state_dict(weights), strict=False)
+        result = net.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
             bad = (result.missing_keys or result.unexpected_keys)[0]
             raise PdfgcError(f"{weights} is not an arcface_torch IResNet-{depth[1:]} state_dict (key {bad})")

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from pdfgc.checkpoints import read_state_dict
 from pdfgc.errors import PdfgcError
+from pdfgc.metrics.weights import read_user_weights
 
 __all__ = ["RESIZE_RULES", "build_fid", "check_inception_weights", "fid_from_features", "fid_images"]
 
@@ -32,19 +32,15 @@ def check_inception_weights(path: str | os.PathLike | None) -> Path:
     torch-fidelity reads it with ``weights_only=False``; reading it first with
     ``weights_only=True`` refuses a file that would run code, with a one-line error.
     """
-    if not path:
-        raise PdfgcError("FID needs Inception weights: set metrics.fid.weights=<path to "
-                         "weights-inception-2015-12-05-6726825d.pth> (torch-fidelity / pytorch-fid release)")
-    path = Path(path)
-    if not path.is_file():
-        raise PdfgcError(f"FID Inception weights not found: {path}")
-    state = read_state_dict(path)  # weights_only; one-line errors for unreadable / non-state_dict files
+    path, state = read_user_weights(path, "FID Inception", "metrics.fid.weights",
+                                    "weights-inception-2015-12-05-6726825d.pth, torch-fidelity / pytorch-fid release")
     if not isinstance(state, dict) or "fc.weight" not in state:
         raise PdfgcError(f"{path} is not an InceptionV3 state_dict (expected the FID release, fc with 1008 outputs)")
     return path
 
 
-def build_fid(weights: str | os.PathLike | None, feature: int = 2048, antialias: bool = False) -> FrechetInceptionDistance:
+def build_fid(weights: str | os.PathLike | None, feature: int = 2048,
+              antialias: bool = False) -> FrechetInceptionDistance:
     """A torchmetrics FID (DDP-safe sums) over uint8 images ``(N, 3, H, W)``.
 
     Args:

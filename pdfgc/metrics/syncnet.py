@@ -9,13 +9,12 @@ to 1024-d embeddings (not normalised). Layer order and module indices equal the 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from pdfgc.checkpoints import read_state_dict
 from pdfgc.errors import PdfgcError
+from pdfgc.metrics.weights import read_user_weights
 
 __all__ = ["SyncNet", "load_syncnet"]
 
@@ -73,13 +72,8 @@ def load_syncnet(path: str | os.PathLike | None, device: str | torch.device = "c
     Tensors missing from the file are tolerated only for ``num_batches_tracked`` (old PyTorch BN
     had none); unknown keys or wrong shapes fail. Any problem is a one-line :class:`PdfgcError`.
     """
-    if not path:
-        raise PdfgcError("LSE needs SyncNet weights: set metrics.syncnet.weights=<path to syncnet_v2.model> "
-                         "(from syncnet_python's download_model.sh)")
-    path = Path(path)
-    if not path.is_file():
-        raise PdfgcError(f"SyncNet weights not found: {path} (syncnet_v2.model from syncnet_python)")
-    state = read_state_dict(path)  # weights_only; one-line errors for unreadable / non-state_dict files
+    path, state = read_user_weights(path, "SyncNet", "metrics.syncnet.weights",
+                                    "syncnet_v2.model from syncnet_python's download_model.sh")
     net = SyncNet()
     own = net.state_dict()
     unknown = sorted(set(state) - set(own))
