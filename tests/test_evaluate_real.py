@@ -1,0 +1,182 @@
+"""evaluate.py's real-data protocols end to end on a SynthTalk export (small random model, random
+SyncNet and Inception files in the official formats), plus the reader and the aggregation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import REPO_ROOT
+from pdfgc.checkpoints import export_official
+from pdfgc.errors import PdfgcError
+from pdfgc.evaluation.processed import EvalClip, cross_pairs, read_test_clips
+from pdfgc.evaluation.real_report import aggregate
+from pdfgc.networks import build_networks, load_networks_config
+
+WORLD = ["data.num_speakers=3", "data.heldout_speakers=2", "data.clips_per_speaker=1", "data.clip_seconds=0.5",
+         "data.render_workers=1"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A small random stage-3 export, a random syncnet_v2.model and a BN-calibrated random
+    Inception in the FID release's layout."""
+    import torchvision
+
+    from pdfgc.metrics.syncnet import SyncNet
+
+    folder = tmp_path_factory.mktemp("weights")
+    cfg = load_networks_config("small")
+    export_official(build_networks(cfg), folder / "export")
+    (folder / "export" / "networks.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(OmegaConf.to_container(cfg))))
+    torch.manual_seed(0)
+    torch.save(SyncNet().state_dict(), folder / "syncnet_v2.model")
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+            m.reset_running_stats()
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(2, 3, 299, 299) * 2 - 1)
+    torch.save(net.state_dict(), folder / "inception.pth")
+    return folder
+
+
+def evaluate(weights, out, *extra):
+    cmd = [sys.executable, "evaluate.py", f"checkpoint={weights / 'export'}", *WORLD, "synthtalk_report=false",
+           "test_set=synthtalk", "test_set.max_frames=7", "test_set.num_pairs=1", "metrics.identity.frame_stride=4",
+           f"metrics.syncnet.weights={weights / 'syncnet_v2.model'}",
+           f"metrics.fid.weights={weights / 'inception.pth'}", "metrics.fid.feature=64", f"hydra.run.dir={out}", *extra]
+    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_real_protocols_end_to_end(weights, tmp_path):
+    # cross-driven: lip and emotion only here (the landmark figures run in the self protocol);
+    # the slow test below drives every factor
+    common = [f"data.cache_dir={tmp_path / 'cache'}", f"test_set.cache_dir={tmp_path / 'scores'}"]
+    proc = evaluate(weights, tmp_path / "run1", *common, "test_set.factors=[lip,emotion]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "run1"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["real/self/count"] == 2
+    assert metrics["real/cross/lip/count"] == 1 and metrics["real/cross/emotion/count"] == 1
+    assert "real/cross/pose/count" not in metrics
+    for key in ("real/self/ours/psnr", "real/self/ours/ssim", "real/self/ours/lse_d", "real/self/ours/lse_c",
+                "real/self/gt/lse_d", "real/self/ours/csim", "real/self/gt/csim", "real/self/ours/fid",
+                "real/cross/lip/ours/lse_c", "real/cross/lip/gt/lse_c", "real/cross/lip/static/lse_c",
+                "real/cross/emotion/ours/emotion_similarity"):
+        assert metrics[key] is not None and math.isfinite(metrics[key]), key
+    for key in ("real/self/ours/pose_error", "real/self/ours/gaze_error", "real/self/ours/m_lmd",
+                "real/self/ours/blink_f1"):
+        assert key in metrics, key  # null when no face was found in the random model's output
+    assert 0 <= metrics["real/self/ours/ssim"] <= 1 and metrics["real/self/ours/lse_c"] >= 0
+    assert "SyncNet" in metrics["real/estimator/lse"] and "iris" in metrics["real/estimator/gaze"]
+    with open(out / "real_clips.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    self_ours = [float(r["psnr"]) for r in rows if r["protocol"] == "self" and r["role"] == "ours"]
+    assert len(self_ours) == 2 and np.mean(self_ours) == pytest.approx(metrics["real/self/ours/psnr"], rel=1e-5)
+    assert {r["protocol"] for r in rows} == {"self", "cross/lip", "cross/emotion"}
+    for name in ("real_factors.png", "real_distributions.png", "real_metrics.md", "metrics.md"):
+        assert (out / name).stat().st_size > 500, name
+    assert "| lse_c |" in (out / "real_metrics.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_rerun_reuses_scored_records(weights, tmp_path):
+    common = [f"data.cache_dir={tmp_path / 'cache'}", f"test_set.cache_dir={tmp_path / 'scores'}"]
+    proc = evaluate(weights, tmp_path / "run1", *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run1" / "metrics.json").read_text())
+    for factor in ("pose", "gaze", "blink", "lip", "emotion"):
+        assert metrics[f"real/cross/{factor}/count"] == 1
+    for key in ("real/cross/pose/ours/pose_error", "real/cross/pose/static/pose_error",
+                "real/cross/gaze/ours/gaze_error", "real/cross/blink/ours/blink_f1"):
+        assert key in metrics, key
+    # resume: one record deleted -> only it is scored again; the figures do not change
+    records = sorted((tmp_path / "scores" / "self").glob("*.json"))
+    assert len(records) == 2
+    records[0].unlink()
+    proc = evaluate(weights, tmp_path / "run2", *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reused 6 of 7 scored records" in proc.stderr + proc.stdout
+    again = json.loads((tmp_path / "run2" / "metrics.json").read_text())
+    for key in ("real/self/ours/psnr", "real/self/ours/lse_d", "real/self/ours/fid", "real/cross/lip/ours/lse_c"):
+        assert again[key] == pytest.approx(metrics[key], rel=1e-5), key
+
+
+def test_missing_metric_weights_are_one_line_errors(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import CONFIG_DIR
+    from pdfgc.evaluation.scoring import ClipScorer
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["checkpoint=x", "test_set=synthtalk",
+                                                          f"metrics.syncnet.weights={tmp_path / 'nope.model'}"])
+    metrics = OmegaConf.to_container(cfg.metrics, resolve=True)
+    with pytest.raises(PdfgcError, match="SyncNet weights not found: .*nope.model"):
+        ClipScorer(metrics)
+    metrics["syncnet"]["weights"] = None
+    metrics["fid"]["weights"] = str(tmp_path / "inception.pth")
+    with pytest.raises(PdfgcError, match="FID Inception weights not found"):
+        ClipScorer(metrics)
+
+
+def _write_index(root, entries):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "index.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries) + "not json\n")
+
+
+def test_reader_skips_broken_entries_and_pairs_other_speakers(tmp_path):
+    entries = []
+    for spk, clip in (("a", "a1"), ("a", "a2"), ("b", "b1"), ("c", "c1")):
+        folder = tmp_path / spk / clip
+        (folder / "frames").mkdir(parents=True)
+        (folder / "audio.wav").write_bytes(b"")
+        entries.append({"speaker": spk, "clip": clip, "split": "test", "num_frames": 3,
+                        "frames_dir": f"{spk}/{clip}/frames", "audio": f"{spk}/{clip}/audio.wav",
+                        "spectrogram": f"{spk}/{clip}/spectrograms.npy"})
+    entries.append({"speaker": "d", "clip": "gone", "split": "test", "num_frames": 3, "frames_dir": "d/gone/frames",
+                    "audio": "d/gone/audio.wav", "spectrogram": "d/gone/spectrograms.npy"})
+    entries.append(dict(entries[0], clip="train1", split="train"))
+    _write_index(tmp_path, entries)
+    clips = read_test_clips(tmp_path, "test")
+    assert [c.clip_id for c in clips] == ["a/a1", "a/a2", "b/b1", "c/c1"]
+    pairs = [(s.clip_id, d.clip_id) for s, d in cross_pairs(clips, 10)]
+    assert pairs == [("a/a1", "b/b1"), ("a/a2", "b/b1"), ("b/b1", "c/c1"), ("c/c1", "a/a1")]
+    assert len(cross_pairs(clips, 2)) == 2
+    with pytest.raises(PdfgcError, match="no usable"):
+        read_test_clips(tmp_path, "val")
+    with pytest.raises(PdfgcError, match="test set not found"):
+        read_test_clips(tmp_path / "missing")
+    assert isinstance(clips[0], EvalClip)
+
+
+def test_aggregate_means_ignore_nan_and_blink_f1_sums_counts():
+    records = [
+        {"protocol": "self", "ours": {"psnr": 20.0, "pose_error": float("nan"), "blink_tp": 1, "blink_fp": 1,
+                                      "blink_fn": 0}},
+        {"protocol": "self", "ours": {"psnr": 30.0, "pose_error": 4.0, "blink_tp": 1, "blink_fp": 0, "blink_fn": 2},
+         "gt": {"lse_c": 7.0}},
+    ]
+    rng = np.random.default_rng(0)
+    feats = {"ours": [rng.standard_normal((5, 3)), rng.standard_normal((5, 3)) + 1],
+             "gt": [rng.standard_normal((10, 3))]}
+    out = aggregate(records, feats)
+    assert out["real/self/ours/psnr"] == 25.0
+    assert out["real/self/ours/pose_error"] == 4.0
+    assert out["real/self/ours/blink_f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))
+    assert out["real/self/ours/blinks"] == 4
+    assert out["real/self/gt/lse_c"] == 7.0 and out["real/self/count"] == 2
+    assert out["real/self/ours/fid"] > 0
