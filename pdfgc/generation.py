@@ -467,6 +467,21 @@ class _Driver:
 # ---------------------------------------------------------------------------------------------
 
 
+def call_padded(network: Callable[..., Any], batch_size: int, *inputs: torch.Tensor) -> Any:
+    """``network(*inputs)`` with the batch padded to ``batch_size`` (repeating the last sample)
+    and the outputs (a tensor or a tuple of tensors) cut back to the real samples.
+
+    Compiled or CUDA-graphed networks want one input shape: a short last batch would otherwise
+    compile or capture again. Per-sample networks give the same numbers for the real samples.
+    """
+    n = inputs[0].shape[0]
+    if n >= batch_size:
+        return network(*inputs)
+    pad = batch_size - n
+    out = network(*[torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in inputs])
+    return tuple(o[:n] for o in out) if isinstance(out, (tuple, list)) else out[:n]
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; a CUDA device without CUDA is a user error."""
     name = str(name or "auto").lower()
@@ -555,18 +570,11 @@ class GenerationPipeline:
         return self._accelerated[precision]
 
     def _call(self, network: AcceleratedNetwork, batch_size: int, *inputs: torch.Tensor) -> Any:
-        """``network(*inputs)`` on a batch of up to ``batch_size``. Compiled or graphed networks
-        want one shape, so a short last batch is padded (repeating its last sample) and the
-        outputs cut back: the same numbers, without a second compilation or capture."""
-        n = inputs[0].shape[0]
-        if not (self.options.compile or self.options.cuda_graphs) or n >= batch_size:
-            return network(*inputs)
-        pad = batch_size - n
-        padded = [torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in inputs]
-        out = network(*padded)
-        return tuple(o[:n] for o in out) if isinstance(out, (tuple, list)) else out[:n]
+        """``network(*inputs)``; compiled or graphed networks get a padded fixed-size batch."""
+        if self.options.compile or self.options.cuda_graphs:
+            return call_padded(network, batch_size, *inputs)
+        return network(*inputs)
 
-    # -- helpers -------------------------------------------------------------------------------
     def _encode_motion(self, precision: str, batch_size: int) -> Callable[[torch.Tensor], tuple]:
         def run(imgs: torch.Tensor) -> tuple:
             with torch.inference_mode():
