@@ -92,7 +92,8 @@ class AcceleratedNetwork(nn.Module):
         self.network = network
         self.paths = paths
         self.device = device
-        self._runner = runner or network
+        # not a registered submodule: a compiled runner would repeat the weights in state_dict()
+        object.__setattr__(self, "_runner", network if runner is None else runner)
 
     def _prepare_input(self, t: torch.Tensor) -> torch.Tensor:
         if t.is_floating_point():

@@ -254,13 +254,6 @@ def test_compiled_generator_matches_eager():
     assert (out - ref).abs().max() < FP32_ATOL
 
 
-@pytest.mark.slow
-def test_pipeline_with_compile_matches_eager(small_world):
-    ref = _frames(small_world)
-    out = _frames(small_world, compile=True)  # the last short batch is padded: one compilation
-    assert (out - ref).abs().max() < FP32_ATOL
-
-
 @needs_cuda
 @pytest.mark.parametrize("precision", ["fp32", "bf16-true"])
 def test_cuda_graphs_match_eager_on_gpu(precision):
