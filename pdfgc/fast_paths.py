@@ -102,6 +102,11 @@ class AcceleratedNetwork(nn.Module):
                 t = t.contiguous(memory_format=torch.channels_last)
         return t
 
+    def reset(self) -> None:
+        """Forget captured CUDA graphs (after changing the network's state, e.g. its noise)."""
+        if isinstance(self._runner, CudaGraphRunner):
+            self._runner.reset()
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         args = _map_tensors(args, self._prepare_input)
         kwargs = _map_tensors(kwargs, self._prepare_input)
@@ -126,6 +131,10 @@ class CudaGraphRunner:
         self.fn = fn
         self.warmup = warmup
         self._graphs: dict[tuple, tuple] = {}
+
+    def reset(self) -> None:
+        """Drop every captured graph; the next call captures again."""
+        self._graphs.clear()
 
     @staticmethod
     def _signature(args: tuple) -> tuple:

@@ -703,8 +703,10 @@ class GenerationPipeline:
         p = prepared if prepared is not None else self.prepare(req, progress)
         generator = self.networks(req.precision)["generator"]
         gen = generator.network
-        gen.noise_mode = req.noise
-        gen.noise_seed = req.seed
+        if (gen.noise_mode, gen.noise_seed) != (req.noise, req.seed):
+            gen.noise_mode = req.noise
+            gen.noise_seed = req.seed
+            generator.reset()  # captured CUDA graphs hold the old noise maps / code path
         torch.manual_seed(req.seed)  # only "random" noise draws from it
         id_map = p.id_map
         strip_streams = None

@@ -227,6 +227,17 @@ def test_cuda_graph_runner_passes_cpu_tensors_through():
     assert torch.equal(runner(x), x * 3) and calls == [1]
 
 
+def test_same_noise_seed_keeps_the_noise_tensors():
+    """A captured CUDA graph reads the fixed noise maps in place: setting the same seed again (the
+    pipeline does per request) must not replace them; another seed must."""
+    g = _tiny_generator()
+    before = g.fixed_noise()
+    g.noise_seed = g.noise_seed
+    assert all(a is b for a, b in zip(before, g.fixed_noise()))
+    g.noise_seed = 7
+    assert not torch.equal(before[0], g.fixed_noise()[0])
+
+
 # -- the generation pipeline with the switches -------------------------------------------------
 
 @pytest.fixture(scope="module")

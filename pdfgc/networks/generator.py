@@ -138,6 +138,8 @@ class Generator(nn.Module):
 
     @noise_seed.setter
     def noise_seed(self, seed: int) -> None:
+        if int(seed) == getattr(self, "_noise_seed", None):
+            return  # keep the cached maps: a captured CUDA graph reads them in place
         self._noise_seed = int(seed)
         self._fixed_noise = None
         self._fixed_noise_cache = {}
