@@ -1,4 +1,4 @@
-"""Generator fast paths side by side: ms/frame and the error against the float32 reference.
+"""Fast paths side by side: ms/frame of one network and its error against the float32 reference.
 
     python benchmarks/fast_paths.py                         # official 224 px G, CPU, batch 4
     python benchmarks/fast_paths.py --networks small --compile
@@ -7,7 +7,8 @@
 Every variant runs the same inputs with the same weights; the variants are interleaved (one batch
 each, round after round) and the median over ``--repeats`` rounds is reported, so that a shared,
 noisy machine slows all of them alike. ``max |diff|`` is the largest absolute difference of the
-image (in [-1, 1]) from the float32 ``grouped`` reference (the release's implementation). Prints a
+image (in [-1, 1]) from the float32 ``grouped`` reference (the release's implementation); for an
+encoder (``--network motion``) of its first output from float32. Prints a
 Markdown table; ``--header`` adds the header.
 """
 
@@ -28,26 +29,32 @@ from benchmarks.common import load_line, machine_name, sync  # noqa: E402
 from pdfgc.fast_paths import FastPaths, accelerate  # noqa: E402
 from pdfgc.networks import build_networks  # noqa: E402
 
-HEADER = ("| machine | threads | load | networks | batch | variant | ms/frame | frames/s | speed-up "
+HEADER = ("| machine | threads | load | network | batch | variant | ms/frame | frames/s | speed-up "
           "| max abs diff |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
-def variants(device: torch.device, with_compile: bool, with_graphs: bool) -> dict[str, FastPaths]:
-    """The fast-path combinations to compare, by name (reference first)."""
+def variants(device: torch.device, network: str, with_compile: bool, with_graphs: bool
+             ) -> dict[str, FastPaths]:
+    """The fast-path combinations to compare, by name (reference first). Variants that name no
+    modulated-conv implementation use ``auto`` (grouped on CUDA, scaled_input on CPU)."""
     low = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
-    out = {
-        "fp32 grouped (release)": FastPaths(modconv_impl="grouped"),
-        "fp32 scaled_input": FastPaths(modconv_impl="scaled_input"),
-        "fp32 scaled_input + channels_last": FastPaths(modconv_impl="scaled_input", channels_last=True),
+    if network == "generator":
+        out = {"fp32 grouped (release)": FastPaths(modconv_impl="grouped"),
+               "fp32 scaled_input": FastPaths(modconv_impl="scaled_input"),
+               "fp32 scaled_input + channels_last": FastPaths(modconv_impl="scaled_input",
+                                                              channels_last=True)}
+    else:
+        out = {"fp32": FastPaths(), "fp32 + channels_last": FastPaths(channels_last=True)}
+    out.update({
         f"{low} autocast": FastPaths(precision=low),
         f"{low} autocast + channels_last": FastPaths(precision=low, channels_last=True),
         f"{low}-true": FastPaths(precision=f"{low}-true"),
         f"{low}-true + channels_last": FastPaths(precision=f"{low}-true", channels_last=True),
-    }
-    if device.type == "cuda":
-        for name in list(out)[1:]:
-            if "scaled_input" not in name:
-                out[name.replace(low, low + " grouped")] = out.pop(name)
+    })
+    if network == "generator" and device.type == "cuda":
+        for impl in ("grouped", "scaled_input"):
+            out[f"{low}-true + channels_last + {impl}"] = FastPaths(
+                precision=f"{low}-true", channels_last=True, modconv_impl=impl)
     if with_compile:
         out[f"{low}-true + channels_last + compile"] = FastPaths(
             precision=f"{low}-true", channels_last=True, compile=True)
@@ -58,10 +65,28 @@ def variants(device: torch.device, with_compile: bool, with_graphs: bool) -> dic
     return out
 
 
+def example_inputs(nets, network: str, batch: int, device: torch.device) -> tuple:
+    """Random inputs of ``network`` at ``batch`` (same for every variant)."""
+    gen = torch.Generator().manual_seed(1)
+    g = nets.generator
+    if network == "generator":
+        return ((torch.randn(batch, g.style_dim, generator=gen) * 0.5).to(device),
+                torch.randn(batch, g.input_channels, g.init_size, g.init_size, generator=gen).to(device))
+    if network == "audio":
+        return (torch.rand(batch, 1, 80, 20, generator=gen).to(device),)
+    return ((torch.rand(batch, 3, g.size, g.size, generator=gen) * 2 - 1).to(device),)
+
+
+def _first(out) -> torch.Tensor:
+    """The image, or the first output of an encoder (for the error column)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--networks", default="official", help="official | small | a yaml path")
+    parser.add_argument("--network", default="generator", choices=("generator", "motion", "audio", "appearance"))
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--threads", type=int, default=None)
@@ -74,13 +99,12 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    base = build_networks(args.networks).generator.eval()
-    gen = torch.Generator().manual_seed(1)
+    nets = build_networks(args.networks)
+    base = getattr(nets, args.network).eval()
     b = args.batch_size
-    style = (torch.randn(b, base.style_dim, generator=gen) * 0.5).to(device)
-    id_map = torch.randn(b, base.input_channels, base.init_size, base.init_size, generator=gen).to(device)
+    inputs = example_inputs(nets, args.network, b, device)
 
-    chosen = variants(device, args.compile, args.cuda_graphs)
+    chosen = variants(device, args.network, args.compile, args.cuda_graphs)
     if args.only:
         keys = [k.strip() for k in args.only.split(",")]
         chosen = {n: v for i, (n, v) in enumerate(chosen.items()) if i == 0 or any(k in n for k in keys)}
@@ -89,7 +113,7 @@ def main(argv=None) -> dict:
         g = accelerate(copy.deepcopy(base), fp, device)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            outputs[name] = g(style, id_map).float().cpu()  # warm-up (and compilation)
+            outputs[name] = _first(g(*inputs)).float().cpu()  # warm-up (and compilation)
         sync(device)
         print(f"[{name}: first call {time.perf_counter() - t0:.1f} s]", file=sys.stderr)
         runners[name] = g
@@ -98,7 +122,7 @@ def main(argv=None) -> dict:
         for name, g in runners.items():
             t0 = time.perf_counter()
             with torch.inference_mode():
-                g(style, id_map)
+                g(*inputs)
             sync(device)
             times[name].append(time.perf_counter() - t0)
 
@@ -111,7 +135,7 @@ def main(argv=None) -> dict:
         ms = statistics.median(times[name]) / b * 1000
         diff = (outputs[name] - outputs[ref_name]).abs().max().item()
         results[name] = {"ms_per_frame": ms, "speedup": ref_ms / ms, "max_abs_diff": diff}
-        print(f"| {machine_name(device)} | {torch.get_num_threads()} | {load_line()} | {args.networks} "
+        print(f"| {machine_name(device)} | {torch.get_num_threads()} | {load_line()} | {args.networks} {args.network} "
               f"| {b} | {name} | {ms:.1f} | {1000 / ms:.2f} | {ref_ms / ms:.2f}x | {diff:.1e} |")
     return results
 
