@@ -83,8 +83,8 @@ def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
 class AcceleratedNetwork(nn.Module):
     """Calls ``network`` with the fast paths: floating inputs are cast to the weights' dtype (4-D
     ones to channels-last when asked), the call runs under autocast when asked, and floating
-    outputs come back as float32 (nested tuples/lists kept). Attribute access falls through to the
-    wrapped network (``wrapper.generator_size`` etc. are not needed: use ``wrapper.network``)."""
+    outputs come back as float32 (nested tuples/lists kept). The wrapped (possibly cast) module is
+    ``.network``; ``runner`` (compiled / graphed) is what is called, default the network."""
 
     def __init__(self, network: nn.Module, paths: FastPaths, device: torch.device,
                  runner: Callable[..., Any] | None = None):
