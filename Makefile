@@ -36,6 +36,10 @@ bench: install
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/synthtalk.py
 	$(BIN)/python benchmarks/datamodule.py
+	# performance issue: fast paths side by side, training MFU, audio front-end
+	$(BIN)/python benchmarks/fast_paths.py --header
+	$(BIN)/python benchmarks/train.py --header
+	$(BIN)/python benchmarks/audio.py --header
 
 clean-outputs:
 	rm -rf outputs logs multirun

@@ -3,7 +3,8 @@
 Random weights (speed does not depend on the values), official sizes (224 px) by default::
 
     python benchmarks/generate.py                                  # CPU, fp32, batch 8
-    python benchmarks/generate.py --device cuda --precision bf16   # a GPU
+    python benchmarks/generate.py --device cuda --precision bf16-true --channels-last  # a GPU
+    python benchmarks/generate.py --precision bf16-true --channels-last  # the CPU fast paths
     python benchmarks/generate.py --networks small --end-to-end 4  # + the whole pipeline on 4 s
 
 Per output frame the pipeline runs E_aud once, E_mot once per *distinct* driver frame (up to 3
@@ -17,9 +18,6 @@ distinct driver streams: 1 / (audio + 3 motion + generator). Prints one Markdown
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,12 +29,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import load_line, machine_name  # noqa: E402
+from pdfgc.fast_paths import PRECISIONS, FastPaths, accelerate  # noqa: E402
 from pdfgc.networks import build_networks  # noqa: E402
+from pdfgc.networks.stylegan_layers import MODCONV_IMPLS  # noqa: E402
 from pdfgc.networks.codes import STYLE_DIM  # noqa: E402
 
-HEADER = ("| device | threads | networks | size | precision | batch | E_aud ms/frame | E_mot ms/frame "
+HEADER = ("| device | threads | load | networks | size | fast paths | batch | E_aud ms/frame | E_mot ms/frame "
           "| encoders ms/frame (aud + 3 mot) | G ms/frame | total fps | end-to-end fps |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _sync(device: torch.device) -> None:
@@ -57,41 +58,39 @@ def _median_ms_per_frame(fn, batch: int, batches: int, device: torch.device) -> 
     return statistics.median(times) / batch * 1000.0
 
 
-def _autocast(device: torch.device, precision: str):
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def time_networks(nets, device: torch.device, batch: int, batches: int, precision: str) -> dict:
-    """ms per frame of E_aud, E_mot, G at ``batch`` (inputs random, weights as given)."""
+def time_networks(nets, device: torch.device, batch: int, batches: int, paths: FastPaths) -> dict:
+    """ms per frame of E_aud, E_mot, G at ``batch`` (inputs random, weights as given), each
+    network wrapped with the fast paths ``paths`` (as the pipeline does)."""
     size = int(nets.generator.size)
     g = torch.Generator().manual_seed(0)
     img = (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(device)
     mel = torch.rand(batch, 1, 80, 20, generator=g).to(device)
     style = (torch.randn(batch, STYLE_DIM, generator=g) * 0.1).to(device)
-    with torch.inference_mode(), _autocast(device, precision):
-        _, id_map = nets.appearance(img[:1])
+    fast = {name: accelerate(getattr(nets, name), paths, device, copy_weights=True)
+            for name in ("appearance", "audio", "motion", "generator")}
+    with torch.inference_mode():
+        _, id_map = fast["appearance"](img[:1])
     id_map = id_map.expand(batch, -1, -1, -1).contiguous()
 
     def run(fn):
         def call():
-            with torch.inference_mode(), _autocast(device, precision):
+            with torch.inference_mode():
                 fn()
         return call
 
     return {
-        "audio": _median_ms_per_frame(run(lambda: nets.audio(mel)), batch, batches, device),
-        "motion": _median_ms_per_frame(run(lambda: nets.motion(img)), batch, batches, device),
-        "generator": _median_ms_per_frame(run(lambda: nets.generator(style, id_map)), batch, batches,
-                                          device),
+        "audio": _median_ms_per_frame(run(lambda: fast["audio"](mel)), batch, batches, device),
+        "motion": _median_ms_per_frame(run(lambda: fast["motion"](img)), batch, batches, device),
+        "generator": _median_ms_per_frame(run(lambda: fast["generator"](style, id_map)), batch,
+                                          batches, device),
     }
 
 
-def end_to_end_fps(nets, device: str, seconds: float, batch: int, precision: str) -> float:
+def end_to_end_fps(nets, device: str, seconds: float, batch: int, paths: FastPaths) -> float:
     """Frames per second of :meth:`GenerationPipeline.generate` (drivers, codes, G, mp4 writing)
-    on ``seconds`` of synthetic audio with three distinct 25-frame driver videos."""
+    on ``seconds`` of synthetic audio with three distinct 25-frame driver videos (each driver
+    frame is encoded once; the portrait once per video). The pipeline's networks are wrapped
+    before the clock starts (with ``compile`` the first batches still compile inside)."""
     import cv2
     import soundfile as sf
 
@@ -110,11 +109,15 @@ def end_to_end_fps(nets, device: str, seconds: float, batch: int, precision: str
         for k in range(3):
             frames = np.stack([np.roll(face, 7 * (k + 1) * i, axis=1) for i in range(25)])
             drivers.append(str(write_video(tmp / f"d{k}.mp4", frames, fps=25)))
-        pipe = GenerationPipeline(ModelOptions(checkpoints="", device=device), networks=nets)
+        options = ModelOptions(checkpoints="", device=device, channels_last=paths.channels_last,
+                               compile=paths.compile, modconv_impl=paths.modconv_impl,
+                               cuda_graphs=paths.cuda_graphs)
+        pipe = GenerationPipeline(options, networks=nets)
         req = GenerationRequest(audio_path=str(tmp / "a.wav"), app_img_path=str(tmp / "face.png"),
                                 output_path=str(tmp / "out.mp4"), pose_path=drivers[0],
                                 exp_path=drivers[1], eye_path=drivers[2], all=True, batch_size=batch,
-                                precision=precision)
+                                precision=paths.precision)
+        pipe.networks(paths.precision)  # cast copies are built once per pipeline, not per video
         t0 = time.perf_counter()
         result = pipe.generate(req)
         return result.num_frames / (time.perf_counter() - t0)
@@ -123,7 +126,11 @@ def end_to_end_fps(nets, device: str, seconds: float, batch: int, precision: str
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--channels-last", action="store_true", help="fast path: NHWC feature maps")
+    parser.add_argument("--compile", action="store_true", help="fast path: torch.compile each network")
+    parser.add_argument("--modconv-impl", default="auto", choices=MODCONV_IMPLS)
+    parser.add_argument("--cuda-graphs", action="store_true", help="fast path: CUDA graphs (CUDA only)")
     parser.add_argument("--networks", default="official", help="official | small | a yaml path")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=3, help="timed batches per network (median)")
@@ -138,20 +145,23 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(0)
     nets = build_networks(args.networks).to(device).eval()
-    ms = time_networks(nets, device, args.batch_size, args.batches, args.precision)
+    paths = FastPaths(precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+                      modconv_impl=args.modconv_impl, cuda_graphs=args.cuda_graphs)
+    ms = time_networks(nets, device, args.batch_size, args.batches, paths)
     encoders = ms["audio"] + 3 * ms["motion"]
     total_fps = 1000.0 / (encoders + ms["generator"])
-    e2e = end_to_end_fps(nets, args.device, args.end_to_end, args.batch_size, args.precision) \
+    e2e = end_to_end_fps(nets, args.device, args.end_to_end, args.batch_size, paths) \
         if args.end_to_end > 0 else None
 
-    if device.type == "cuda":
-        where = torch.cuda.get_device_name(device)
-    else:
-        where = f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+    where = machine_name(device)
+    switches = " + ".join([args.precision] + [name for name, on in (
+        ("channels_last", args.channels_last), ("compile", args.compile),
+        (f"modconv {args.modconv_impl}", args.modconv_impl != "auto"),
+        ("CUDA graphs", args.cuda_graphs)) if on])
     if args.header:
         print(HEADER)
-    print(f"| {where} | {torch.get_num_threads()} | {args.networks} | {int(nets.generator.size)} "
-          f"| {args.precision} | {args.batch_size} | {ms['audio']:.1f} | {ms['motion']:.1f} "
+    print(f"| {where} | {torch.get_num_threads()} | {load_line()} | {args.networks} | {int(nets.generator.size)} "
+          f"| {switches} | {args.batch_size} | {ms['audio']:.1f} | {ms['motion']:.1f} "
           f"| {encoders:.1f} | {ms['generator']:.1f} | {total_fps:.2f} "
           f"| {'-' if e2e is None else f'{e2e:.2f}'} |")
     return {**ms, "encoders": encoders, "total_fps": total_fps, "end_to_end_fps": e2e}

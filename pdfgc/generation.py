@@ -49,7 +49,6 @@ Differences from the release, all deliberate:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
@@ -62,6 +61,8 @@ import torch
 import torch.nn.functional as F
 
 from pdfgc.errors import PdfgcError
+from pdfgc.fast_paths import PRECISIONS as FAST_PATH_PRECISIONS
+from pdfgc.fast_paths import AcceleratedNetwork, FastPaths, accelerate
 
 # pdfgc.networks (and the audio/video modules) are imported inside the functions that use them:
 # importing the networks pulls in torchvision (seconds), and bad input should fail fast.
@@ -71,7 +72,8 @@ CONTROLS = ("mouth", "blink", "gaze", "emo", "headpose")
 #: Which driver feeds which control (mouth always comes from the audio).
 DRIVER_OF = {"headpose": "pose_path", "emo": "exp_path", "blink": "eye_path", "gaze": "eye_path"}
 DRIVER_FIELDS = ("pose_path", "exp_path", "eye_path")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: fp32 | bf16 / fp16 (autocast) | bf16-true / fp16-true (weights cast): see pdfgc.fast_paths.
+PRECISIONS = tuple(FAST_PATH_PRECISIONS)
 NOISE_MODES = ("fixed", "random", "none")
 FPS = 25  # the model's only frame rate: 4 mel rows (40 ms) per frame
 RELEASE_SEED = 20202001
@@ -142,6 +144,11 @@ class ModelOptions:
     checkpoints: str  # folder with the four official files (+ optional networks.yaml sidecar)
     networks: Any = "official"  # used when the folder has no networks.yaml: name, yaml path or mapping
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # fast paths (pdfgc.fast_paths; the request's `precision` picks the dtype)
+    channels_last: bool = False  # NHWC feature maps in every network
+    compile: bool = False  # torch.compile each network (first call compiles: seconds to minutes)
+    modconv_impl: str = "auto"  # generator modulated conv: auto | grouped | scaled_input
+    cuda_graphs: bool = False  # replay captured CUDA graphs (CUDA only; fixed batch size)
 
 
 @dataclass
@@ -460,6 +467,21 @@ class _Driver:
 # ---------------------------------------------------------------------------------------------
 
 
+def call_padded(network: Callable[..., Any], batch_size: int, *inputs: torch.Tensor) -> Any:
+    """``network(*inputs)`` with the batch padded to ``batch_size`` (repeating the last sample)
+    and the outputs (a tensor or a tuple of tensors) cut back to the real samples.
+
+    Compiled or CUDA-graphed networks want one input shape: a short last batch would otherwise
+    compile or capture again. Per-sample networks give the same numbers for the real samples.
+    """
+    n = inputs[0].shape[0]
+    if n >= batch_size:
+        return network(*inputs)
+    pad = batch_size - n
+    out = network(*[torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in inputs])
+    return tuple(o[:n] for o in out) if isinstance(out, (tuple, list)) else out[:n]
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; a CUDA device without CUDA is a user error."""
     name = str(name or "auto").lower()
@@ -524,20 +546,39 @@ class GenerationPipeline:
         for name in ("appearance", "motion", "audio", "generator"):
             getattr(self.nets, name).to(self.device).eval()
         self.image_size = int(self.nets.generator.size)
+        self._accelerated: dict[str, dict[str, AcceleratedNetwork]] = {}  # by precision
 
-    # -- helpers -------------------------------------------------------------------------------
-    def _autocast(self, precision: str):
-        dtype = PRECISIONS[precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        if dtype is torch.float16 and self.device.type != "cuda":
-            raise PdfgcError("precision fp16 needs a CUDA device (use fp32 or bf16 on CPU)")
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+    def fast_paths(self, precision: str) -> FastPaths:
+        """The switches of this pipeline's :class:`ModelOptions` with ``precision``."""
+        o = self.options
+        return FastPaths(precision=precision, channels_last=bool(o.channels_last),
+                         compile=bool(o.compile), modconv_impl=str(o.modconv_impl),
+                         cuda_graphs=bool(o.cuda_graphs))
 
-    def _encode_motion(self, precision: str) -> Callable[[torch.Tensor], tuple]:
+    def networks(self, precision: str) -> dict[str, AcceleratedNetwork]:
+        """``appearance, motion, audio, generator`` wrapped with the fast paths at ``precision``
+        (float32 in and out; built once per precision: ``*-true`` holds a cast copy)."""
+        if precision not in self._accelerated:
+            paths = self.fast_paths(precision)
+            try:
+                paths.validate(self.device)
+            except ValueError as exc:
+                raise PdfgcError(str(exc)) from exc
+            self._accelerated[precision] = {
+                name: accelerate(getattr(self.nets, name), paths, self.device, copy_weights=True)
+                for name in ("appearance", "motion", "audio", "generator")}
+        return self._accelerated[precision]
+
+    def _call(self, network: AcceleratedNetwork, batch_size: int, *inputs: torch.Tensor) -> Any:
+        """``network(*inputs)``; compiled or graphed networks get a padded fixed-size batch."""
+        if self.options.compile or self.options.cuda_graphs:
+            return call_padded(network, batch_size, *inputs)
+        return network(*inputs)
+
+    def _encode_motion(self, precision: str, batch_size: int) -> Callable[[torch.Tensor], tuple]:
         def run(imgs: torch.Tensor) -> tuple:
-            with torch.inference_mode(), self._autocast(precision):
-                pose, eye, emotion, _ = self.nets.motion(imgs.to(self.device))
+            with torch.inference_mode():
+                pose, eye, emotion, _ = self._call(self.networks(precision)["motion"], batch_size, imgs)
             return tuple(t.float().cpu() for t in (pose, eye, emotion))
         return run
 
@@ -558,8 +599,9 @@ class GenerationPipeline:
         wins = frame_windows(mel[first:max(first, last)], stop - start + lead)[lead:]
         codes = []
         for s in range(0, wins.shape[0], req.batch_size):
-            with torch.inference_mode(), self._autocast(req.precision):
-                _, mouth = self.nets.audio(wins[s:s + req.batch_size].to(self.device))
+            with torch.inference_mode():
+                _, mouth = self._call(self.networks(req.precision)["audio"], req.batch_size,
+                                      wins[s:s + req.batch_size])
             codes.append(mouth.float().cpu())
         return torch.cat(codes)
 
@@ -570,7 +612,7 @@ class GenerationPipeline:
         from pdfgc.video import official_crop, read_image
 
         _validate_request(req)
-        self._autocast(req.precision)  # fail early on fp16 + CPU
+        self.networks(req.precision)  # fail early on fp16 + CPU (and build the fast paths)
         wave = load_audio(req.audio_path)
         num_frames = num_video_frames(wave.shape[0])
         mel = mel_spectrogram(wave)
@@ -587,8 +629,8 @@ class GenerationPipeline:
         except Exception as exc:  # decoder errors: one line naming the file
             raise PdfgcError(f"cannot read portrait image: {req.app_img_path} ({exc})") from exc
         portrait = torch.as_tensor(official_crop(image, self.image_size), dtype=torch.float32)
-        with torch.inference_mode(), self._autocast(req.precision):
-            id_vec, id_map = self.nets.appearance(portrait[None].to(self.device))
+        with torch.inference_mode():
+            id_vec, id_map = self.networks(req.precision)["appearance"](portrait[None])
         id_vec, id_map = id_vec.float(), id_map.float()
 
         controls = req.controls()
@@ -615,7 +657,7 @@ class GenerationPipeline:
                 if progress:
                     progress("drivers", base + count, total)
 
-            encoder = self._encode_motion(req.precision) if key in encoded else None
+            encoder = self._encode_motion(req.precision, req.batch_size) if key in encoded else None
             drv.encode(needed, encoder, req.batch_size, report)
             done += needed
             report(needed)  # a short driver stops early; show the stage as complete
@@ -659,9 +701,12 @@ class GenerationPipeline:
         from pdfgc.networks.codes import compose_style
 
         p = prepared if prepared is not None else self.prepare(req, progress)
-        gen = self.nets.generator
-        gen.noise_mode = req.noise
-        gen.noise_seed = req.seed
+        generator = self.networks(req.precision)["generator"]
+        gen = generator.network
+        if (gen.noise_mode, gen.noise_seed) != (req.noise, req.seed):
+            gen.noise_mode = req.noise
+            gen.noise_seed = req.seed
+            generator.reset()  # captured CUDA graphs hold the old noise maps / code path
         torch.manual_seed(req.seed)  # only "random" noise draws from it
         id_map = p.id_map
         strip_streams = None
@@ -675,10 +720,11 @@ class GenerationPipeline:
                 style = compose_style(p.id_vec.cpu().expand(e - s, -1), mouth, emotion, eye, pose)
                 images = []
                 for k in range(0, e - s, req.batch_size):
-                    st = style[k:k + req.batch_size].to(self.device)
-                    with torch.inference_mode(), self._autocast(req.precision):
-                        img = gen(st, id_map.expand(st.shape[0], -1, -1, -1))
-                    images.append(img.float().cpu())
+                    st = style[k:k + req.batch_size]
+                    with torch.inference_mode():
+                        img = self._call(generator, req.batch_size, st,
+                                         id_map.expand(st.shape[0], -1, -1, -1))
+                    images.append(img.cpu())
                 images = torch.cat(images)
                 if strip_streams is not None:
                     images = self._strip(images, p.portrait, strip_streams)

@@ -188,7 +188,8 @@ def test_noise_fixed_is_reused_and_seeded():
         other.noise_seed = 20202001
         d = other(style, id_map)
     assert torch.equal(a, b)
-    assert torch.allclose(single, a[1:2], atol=1e-6)
+    # oneDNN may pick another conv algorithm per batch size: float32 rounding only (~2e-6)
+    assert torch.allclose(single, a[1:2], atol=1e-5)
     assert not torch.allclose(a, c)
     assert torch.allclose(a, d, atol=1e-6)
     assert all(n.shape == (1, 1, s, s) for n, s in zip(g.fixed_noise(), g.noise_sides))

@@ -98,10 +98,14 @@ class Blur(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p0, p1 = self.pad
-        x = F.pad(x, [p0, p1, p0, p1])
-        # conv2d correlates; flipping makes it a true convolution (as upfirdn2d).
+        padding = p0
+        if p0 != p1:
+            x = F.pad(x, [p0, p1, p0, p1])
+            padding = 0
+        # conv2d correlates; flipping makes it a true convolution (as upfirdn2d). Symmetric pads go
+        # to conv2d itself: F.pad would write a padded copy of the whole map first.
         kernel = torch.flip(self.kernel, [0, 1])
-        return F.conv2d(x, _depthwise(kernel, x.shape[1], x), groups=x.shape[1])
+        return F.conv2d(x, _depthwise(kernel, x.shape[1], x), padding=padding, groups=x.shape[1])
 
 
 class Upsample(nn.Module):
@@ -145,7 +149,10 @@ class ModulatedConv2d(nn.Module):
     sample and runs a single grouped convolution (the release's way); ``"scaled_input"`` scales
     the input channels by ``s``, convolves with the shared weight and scales the output by the
     demodulation factors (several times faster on CPU, where the per-sample weights dominate).
-    ``"auto"`` picks ``grouped`` on CUDA and ``scaled_input`` elsewhere.
+    ``"auto"`` picks ``grouped`` on CUDA and ``scaled_input`` elsewhere. A 1x1 conv without
+    upsampling (ToRGB) runs as one batched matmul with per-sample weights under ``scaled_input``.
+    :meth:`modulate` returns the output before demodulation so that :class:`StyledConv` can fuse
+    it with the noise, bias and activation.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, style_dim: int,
@@ -183,14 +190,30 @@ class ModulatedConv2d(nn.Module):
                 f"demodulate={self.demodulate}, upsample={self.upsample}, impl={self.impl!r}")
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw, gain, s = self.modulate(x, style)
+        return (raw if gain is None else raw * gain), s
+
+    def modulate(self, x: torch.Tensor, style: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The modulated conv split for fusion: ``out = raw * gain`` (``gain`` ``(B, out, 1, 1)`` or
+        ``None`` when already applied), plus the modulation ``s (B, in)``.
+
+        Callers that add a bias and an activation after the conv (:class:`StyledConv`) fold
+        ``gain`` into that same pass instead of a separate multiplication over the output.
+        """
         s = self.modulation(style)
         impl = self.impl
         if impl == "auto":
             impl = "grouped" if x.is_cuda else "scaled_input"
-        out = self._grouped(x, s) if impl == "grouped" else self._scaled_input(x, s)
+        if impl == "grouped":
+            raw, gain = self._grouped(x, s), None
+        elif self.kernel_size == 1 and not self.upsample:
+            raw, gain = self._pointwise(x, s), None
+        else:
+            raw, gain = self._scaled_input(x, s)
         if self.upsample:
-            out = self.blur(out)
-        return out, s
+            raw = self.blur(raw)  # per-channel and linear: commutes with the per-channel gain
+        return raw, gain, s
 
     def _grouped(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -207,7 +230,11 @@ class ModulatedConv2d(nn.Module):
             out = F.conv2d(x, weight.reshape(b * o, c, k, k), padding=self.padding, groups=b)
         return out.view(b, o, *out.shape[2:])
 
-    def _scaled_input(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def _demodulation(self, weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """``(B, out)`` factors ``1 / |w * s|``: sum over (in, k, k) of (w s)^2 = s^2 @ (sum_k w^2)."""
+        return torch.rsqrt(s.pow(2) @ weight.pow(2).sum(dim=(2, 3)).t() + 1e-8)
+
+    def _scaled_input(self, x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, c = x.shape[:2]
         weight = self.weight[0] * self.scale  # (out, in, k, k)
         x = x * s.view(b, c, 1, 1)
@@ -215,11 +242,22 @@ class ModulatedConv2d(nn.Module):
             out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
         else:
             out = F.conv2d(x, weight, padding=self.padding)
+        gain = None
         if self.demodulate:
-            # sum over (in, k, k) of (w * s)^2 = (sum_k w^2) @ s^2
-            demod = torch.rsqrt(s.pow(2) @ weight.pow(2).sum(dim=(2, 3)).t() + 1e-8)  # (B, out)
-            out = out * demod.view(b, self.out_channels, 1, 1)
-        return out
+            gain = self._demodulation(weight, s).view(b, self.out_channels, 1, 1)
+        return out, gain
+
+    def _pointwise(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """1x1 conv as one batched matmul with per-sample weights ``(B, out, in)``: reads ``x`` once
+        (no scaled copy of the input; ``x.flatten(2)`` of a channels-last map is a strided view)."""
+        b, c, h, w = x.shape
+        weight = self.weight[0, :, :, 0, 0] * self.scale  # (out, in)
+        if self.demodulate:
+            gain = self._demodulation(self.weight[0] * self.scale, s)  # (B, out)
+            modulated = weight[None] * s[:, None, :] * gain[:, :, None]
+        else:
+            modulated = weight[None] * s[:, None, :]
+        return torch.bmm(modulated, x.flatten(2)).view(b, self.out_channels, h, w)
 
 
 class NoiseInjection(nn.Module):
@@ -252,8 +290,20 @@ class StyledConv(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor,
                 noise: torch.Tensor | None = None) -> torch.Tensor:
-        out, _ = self.conv(x, style)
-        return self.activate(self.noise(out, noise))
+        raw, gain, _ = self.conv.modulate(x, style)
+        # leaky(raw*gain + w*noise + bias) * scale in two passes over the map instead of five:
+        # scale > 0 goes inside the leaky ReLU, the small offset (bias + noise) is built first.
+        act = self.activate
+        offset = act.bias if noise is None else act.bias + self.noise.weight * noise
+        offset = offset * act.scale
+        if offset.shape[-1] > 1 and raw.dim() == 4 and not raw.is_contiguous() \
+                and raw.is_contiguous(memory_format=torch.channels_last):
+            offset = offset.contiguous(memory_format=torch.channels_last)  # keep raw's layout
+        if gain is None:
+            out = torch.add(offset, raw, alpha=act.scale)
+        else:
+            out = torch.addcmul(offset, raw, gain * act.scale)
+        return F.leaky_relu_(out, act.slope)  # fresh tensor: in place is safe for autograd
 
 
 class ToRGB(nn.Module):
@@ -273,7 +323,9 @@ class ToRGB(nn.Module):
     def forward(self, x: torch.Tensor, style: torch.Tensor,
                 skip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         out, s = self.conv(x, style)
-        out = out + self.bias
+        # The RGB skip sums over every resolution: keep it in float32 even when the network runs
+        # in bfloat16 (3 channels: the cast is cheap).
+        out = out.float() + self.bias.float()
         if skip is not None:
             out = out + self.upsample(skip)
         return out, s
