@@ -42,12 +42,12 @@ def lip_steps(rng: np.random.Generator, num_frames: int, steps: int, min_gap: in
 
 
 def worker_init(worker_id: int) -> None:
-    """Decoding workers: one OpenCV / torch thread each (workers are the parallelism), and
-    Lightning's per-worker seeding (samples themselves depend only on ``(seed, index)``)."""
-    import cv2
+    """Decoding workers: one torch thread each (workers are the parallelism), and Lightning's
+    per-worker seeding (samples themselves depend only on ``(seed, index)``). OpenCV is made
+    single-threaded in the parent before the fork (see ``_loader_options``): touching its thread
+    pool in a forked child can deadlock on a lock a parent pool thread held at fork time."""
     from lightning_fabric.utilities.seed import pl_worker_init_function
 
-    cv2.setNumThreads(1)
     torch.set_num_threads(1)
     pl_worker_init_function(worker_id)
 
@@ -297,6 +297,12 @@ class VoxCeleb2DataModule(pl.LightningDataModule):
     # ---- loaders ---------------------------------------------------------------------------
     def _loader_options(self) -> dict:
         workers = self.num_workers > 0
+        if workers:
+            import cv2
+
+            # Workers are the decoding parallelism; a single-threaded OpenCV in the parent also
+            # means forked workers inherit no thread pool (resizing one in a child can deadlock).
+            cv2.setNumThreads(1)
         return dict(batch_size=self.batch_size_per_device, num_workers=self.num_workers, pin_memory=self.pin_memory,
                     persistent_workers=self.persistent_workers and workers, worker_init_fn=worker_init,
                     prefetch_factor=self.prefetch_factor if workers else None)
