@@ -183,7 +183,7 @@ def load_index(root: str | os.PathLike | None) -> list[ClipRecord]:
     return records
 
 
-def _hash_unit(text: str, salt: str = "") -> float:
+def hash_unit(text: str, salt: str = "") -> float:
     """A fixed number in [0, 1) per string (stable across runs and machines, unlike hash())."""
     return int(hashlib.sha1(f"{salt}{text}".encode()).hexdigest()[:12], 16) / 16 ** 12
 
@@ -199,7 +199,7 @@ def split_speakers(records: list[ClipRecord], heldout_fraction: float = 0.02) ->
     speakers = sorted({r.speaker for r in records})
     heldout = sorted({r.speaker for r in records if r.split != "train"})  # test (or val) clips
     if not heldout and len(speakers) > 1:
-        ranked = sorted(speakers, key=_hash_unit)
+        ranked = sorted(speakers, key=hash_unit)
         heldout = sorted(ranked[:max(1, int(round(heldout_fraction * len(speakers))))])
         log.info("the index has no test split: holding out %d of %d speakers by hash", len(heldout), len(speakers))
     train = [s for s in speakers if s not in set(heldout)]
@@ -207,7 +207,7 @@ def split_speakers(records: list[ClipRecord], heldout_fraction: float = 0.02) ->
         if heldout:
             log.warning("only one held-out speaker (%s): validation and test share it", heldout[0])
         return {"train": train, "val": heldout, "test": heldout}
-    val = sorted(s for s in heldout if _hash_unit(s, "val") < 0.5) or heldout[:1]
+    val = sorted(s for s in heldout if hash_unit(s, "val") < 0.5) or heldout[:1]
     if len(val) == len(heldout):
         val = val[:-1]
     return {"train": train, "val": val, "test": [s for s in heldout if s not in set(val)]}

@@ -232,6 +232,22 @@ def _count_audio_samples(path: Path, sample_rate: int) -> int:
     return len(proc.stdout) // 2
 
 
+def read_header(path: PathLike) -> dict:
+    """The header of a media file, without decoding it (one quick ffmpeg call).
+
+    Returns a dict: ``width``, ``height`` (displayed size; None without a video stream),
+    ``fps``, ``has_audio``, ``audio_sample_rate``, ``audio_channels``, ``container_duration``,
+    ``video_start`` / ``audio_start`` (see :func:`probe`, which also decodes to count).
+
+    Raises:
+        PdfgcError: missing file, or not a media file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PdfgcError(f"video file not found: {path}")
+    return _parse_header(_ffmpeg_info(path), path)
+
+
 def probe(path: PathLike) -> dict:
     """Describe a media file by decoding it (no ffprobe ships with imageio-ffmpeg).
 
@@ -246,9 +262,7 @@ def probe(path: PathLike) -> dict:
         PdfgcError: missing or unreadable file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise PdfgcError(f"video file not found: {path}")
-    info = _parse_header(_ffmpeg_info(path), path)
+    info = read_header(path)
     num_frames = 0
     if info["width"] is not None:
         import imageio_ffmpeg
