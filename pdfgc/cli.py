@@ -1,4 +1,5 @@
-"""Console scripts (``pdfgc-train``, ``pdfgc-generate``, ``pdfgc-evaluate``, ``pdfgc-app``).
+"""Console scripts (``pdfgc-train``, ``pdfgc-generate``, ``pdfgc-evaluate``, ``pdfgc-app``,
+``pdfgc-preprocess``).
 
 Each runs the matching entry script of the repository root, so the console script and
 ``python train.py ...`` behave identically (same Hydra config folder, same overrides).
@@ -41,3 +42,8 @@ def evaluate_main() -> None:
 def app_main() -> None:
     """``pdfgc-app``: same as ``python app.py`` (the web demo)."""
     _run_script("app.py")
+
+
+def preprocess_main() -> None:
+    """``pdfgc-preprocess``: same as ``python preprocess.py`` (videos -> processed data)."""
+    _run_script("preprocess.py")
