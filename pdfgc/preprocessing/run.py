@@ -281,10 +281,10 @@ def run(config: PreprocessConfig) -> Summary:
                     last_rejection += f" [{source.path}]"
                 rejected_log.append({"speaker": source.speaker, "clip": source.clip, "source": source.path,
                                      "reason": outcome["reason"], "detail": outcome["detail"]})
-                level = logging.WARNING if outcome["reason"] == "error" else logging.DEBUG
-                log.log(level, "rejected %s (%s): %s", source.key, outcome["reason"], outcome["detail"])
-                if "traceback" in outcome:
-                    log.debug("%s", outcome["traceback"])
+                if outcome["reason"] == "error":  # a bug, not bad data: keep the traceback in the log
+                    log.warning("clip %s failed: %s\n%s", source.key, outcome["detail"], outcome.get("traceback", ""))
+                else:
+                    log.debug("rejected %s (%s): %s", source.key, outcome["reason"], outcome["detail"])
                 bar.set_postfix(rejected=sum(reasons.values()), refresh=False)
             bar.update(1)
     summary.seconds = time.perf_counter() - start
