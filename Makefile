@@ -40,6 +40,8 @@ bench: install
 	$(BIN)/python benchmarks/fast_paths.py --header
 	$(BIN)/python benchmarks/train.py --header
 	$(BIN)/python benchmarks/audio.py --header
+	# real-data preprocessing (dlib): clips/s and frames/s per core
+	$(BIN)/python benchmarks/preprocess.py --header
 
 clean-outputs:
 	rm -rf outputs logs multirun
