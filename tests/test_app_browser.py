@@ -26,9 +26,17 @@ GENERATION_TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    """The app on a free local port, uploads limited to 5 MB; yields url, workspace, examples."""
-    with serve(["--cache-dir", str(tmp_path_factory.mktemp("app_cache")), "--max-upload-mb", "5"]) as served:
-        yield served
+    """The app on a free local port, uploads limited to 5 MB; yields url, workspace, examples.
+
+    The checkpoint is the random-weights one even where a ``make demo`` export exists in
+    ``logs/demo`` (the app would select it at start): the test checks the notice of that case.
+    """
+    import pdfgc.app.examples
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pdfgc.app.examples, "find_demo_checkpoint", lambda logs_dir=None: None)
+        with serve(["--cache-dir", str(tmp_path_factory.mktemp("app_cache")), "--max-upload-mb", "5"]) as served:
+            yield served
 
 
 @pytest.fixture(scope="module")
