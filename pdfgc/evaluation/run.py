@@ -9,6 +9,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from pdfgc.errors import PdfgcError
 from pdfgc.evaluation.networks import load_eval_networks
 from pdfgc.evaluation.oracle_cache import get_oracle
 from pdfgc.evaluation.synthtalk import evaluate_synthtalk
@@ -17,9 +18,37 @@ from pdfgc.metrics import write_report
 log = logging.getLogger("pdfgc.evaluate")
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Refuse, in one line, a command line without the values evaluation needs (``checkpoint``,
+    ``test_set.root`` of a processed test set) or with a device that is not there.
+    Sets ``cfg.device`` to the resolved device (``auto`` -> cuda or cpu)."""
+    from omegaconf import OmegaConf
+
+    from pdfgc.generation import resolve_device
+
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise PdfgcError("no checkpoint given: add checkpoint=<stage-3 export folder, the official release's "
+                         "folder (with networks=official) or a stage .ckpt>")
+    ts = cfg.get("test_set")
+    if ts is not None and OmegaConf.is_missing(ts, "root"):
+        raise PdfgcError(f"test_set={ts.get('kind', 'processed')} needs test_set.root=<folder holding index.jsonl> "
+                         "(preprocess.py output, or use test_set=synthtalk)")
+    cfg.device = str(resolve_device(cfg.device))
+
+
 def run(cfg: DictConfig) -> dict:
     """Evaluate ``cfg.checkpoint``: the SynthTalk report (``synthtalk_report``) and/or the real-data
     protocols on ``cfg.test_set``; returns the flat metrics."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        return _run(cfg)
+    except MissingMandatoryValue as exc:  # any other `???` value left unset
+        raise PdfgcError(f"{exc.full_key} is not set: add {exc.full_key}=<value> to the command") from None
+
+
+def _run(cfg: DictConfig) -> dict:
+    check_config(cfg)
     torch.manual_seed(int(cfg.seed))
     out_dir = Path(cfg.output_dir)
     nets = load_eval_networks(cfg.checkpoint, networks=cfg.networks, device=cfg.device)
