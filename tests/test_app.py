@@ -361,3 +361,59 @@ def test_a_taken_port_is_one_error_line():
             gr.Markdown("x")
         with pytest.raises(PdfgcError, match=f"^cannot serve on 127.0.0.1:{port}: "):
             launch(blocks, parse_args(["--port", str(port)]), [], block=False)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--port", "web"], "argument --port: not a port number: 'web'"),
+    (["--port", "99999"], "argument --port: port 99999 is outside 1-65535"),
+    (["--max-upload-mb", "-1"], "argument --max-upload-mb: must be a number > 0, got -1"),
+    (["--max-audio-seconds", "0"], "argument --max-audio-seconds: must be a number > 0, got 0"),
+    (["--networks", "huge"], "argument --networks: invalid choice: 'huge'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_options_are_one_error_line(argv, message):
+    from pdfgc.app.server import parse_args
+
+    with pytest.raises(PdfgcError) as err:
+        parse_args(argv)
+    assert str(err.value).startswith(message) and str(err.value).endswith("(python app.py --help lists the options)")
+    assert "\n" not in str(err.value)
+
+
+def test_app_py_prints_one_error_line_and_exits_2(tmp_path):
+    """The real entry point: a bad option and an unwritable cache folder, no usage block, no traceback."""
+    import subprocess
+
+    from conftest import REPO_ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "PDFGC_DEBUG"}
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should go\n")
+    for argv, line in ((["--port", "99999"], "error: argument --port: port 99999 is outside 1-65535 "
+                        "(python app.py --help lists the options)"),
+                       (["--cache-dir", str(blocker / "cache")], f"error: cannot write the app's cache folder "
+                        f"{blocker / 'cache'} (Not a directory); give another with --cache-dir")):
+        proc = subprocess.run([sys.executable, "app.py", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=300, env=env)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+        assert errors == [line] and "Traceback" not in proc.stderr and "usage:" not in proc.stderr
+
+
+def test_generations_run_one_at_a_time_in_the_queue_with_the_upload_limit(assets, service):
+    """What ``launch`` serves: Gradio's queue, Generate never two at once, uploads capped."""
+    from pdfgc.app.browser import free_port
+    from pdfgc.app.server import launch, parse_args
+    from pdfgc.app.ui import CheckpointChoice, build_app
+
+    blocks = build_app(service, [CheckpointChoice("random", assets["ckpt"], True)])
+    args = parse_args(["--port", str(free_port()), "--max-upload-mb", "3"])
+    launch(blocks, args, [], block=False)
+    try:
+        assert blocks._queue.max_size == 16 and blocks._queue.default_concurrency_limit == 1
+        generate = [f for f in blocks.fns.values() if f.name == "generate"]
+        assert len(generate) == 1 and generate[0].queue and generate[0].concurrency_limit == 1
+        assert blocks.max_file_size == 3 * 2**20
+        assert blocks.share is False
+    finally:
+        blocks.close()

@@ -37,6 +37,7 @@ def app(tmp_path_factory):
         mp.setattr(pdfgc.app.examples, "find_demo_checkpoint", lambda logs_dir=None: None)
         with serve(["--cache-dir", str(tmp_path_factory.mktemp("app_cache")), "--max-upload-mb", "5"]) as served:
             yield served
+    assert not served["workspace"].exists(), "uploads and results are removed with the server"
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,9 @@ def test_generate_in_browser_plays_a_video_as_long_as_the_speech(app, page):
     download.first.wait_for(timeout=10_000)
     assert download.count() == 1 and "pdfgc_portrait" in page.locator("#downloads").inner_text()
     assert outside == []
+    # the uploads went into the app's temporary workspace (removed when the server stops)
+    uploaded = {p.name for p in app["workspace"].rglob("*") if p.is_file()}
+    assert {files["portrait"].name, files["audio"].name} <= uploaded, uploaded
     seen = set(page.evaluate("() => [...window.progressSeen]"))
     # the progress bar moved through the drivers and then once per second (25 frames) of video
     assert "encoding the driver videos" in seen and f"generating frame 25 of {frames}" in seen, seen

@@ -23,13 +23,41 @@ from pdfgc.errors import PdfgcError
 log = logging.getLogger("pdfgc.app")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error convention: a bad option is one ``error: ...`` line
+    (raised as :class:`PdfgcError`, printed by ``cli_guard``, exit 2), not a usage block."""
+
+    def error(self, message: str):
+        raise PdfgcError(f"{message} (python app.py --help lists the options)")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 1-65535")
+    return port
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    """The command line of ``app.py``."""
-    p = argparse.ArgumentParser(
+    """The command line of ``app.py``; a bad option raises :class:`PdfgcError` (one line)."""
+    p = _Parser(
         prog="app.py", description="PD-FGC web demo: portrait + speech (+ driver videos) -> talking head, "
         "with every factor switchable, in the browser (Gradio).")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: the whole network)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
     p.add_argument("--checkpoints", default=None,
                    help="checkpoint folder selected at start (default: the newest `make demo` export, "
                    "else random weights)")
@@ -38,8 +66,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--cache-dir", default=None,
                    help="where the built-in examples are made once (default ~/.cache/pdfgc/app)")
-    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload per file, MB")
-    p.add_argument("--max-audio-seconds", type=float, default=60.0, help="longest speech the app takes")
+    p.add_argument("--max-upload-mb", type=_positive, default=50.0, help="largest upload per file, MB")
+    p.add_argument("--max-audio-seconds", type=_positive, default=60.0, help="longest speech the app takes")
     p.add_argument("--no-examples", action="store_true", help="start without the built-in examples")
     p.add_argument("--share", action="store_true",
                    help="also open a public gradio.live link (needs internet; off by default)")
@@ -98,8 +126,12 @@ def create_app(args: argparse.Namespace, root: Path):
     resolve_device(args.device)  # a CUDA device without CUDA fails now, not at the first request
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     log.info("examples and random weights: %s", cache_dir)
-    choices = checkpoint_choices(cache_dir, args.checkpoints)
-    examples = None if args.no_examples else example_inputs(cache_dir)
+    try:
+        choices = checkpoint_choices(cache_dir, args.checkpoints)
+        examples = None if args.no_examples else example_inputs(cache_dir)
+    except OSError as exc:  # the cache folder cannot be made or written
+        raise PdfgcError(f"cannot write the app's cache folder {cache_dir} ({exc.strerror or exc}); "
+                         "give another with --cache-dir") from None
     settings = Settings(workspace=root, max_upload_mb=args.max_upload_mb,
                         max_audio_seconds=args.max_audio_seconds, device=args.device)
     service = GenerationService(settings)
