@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -36,6 +36,8 @@ from torch import nn
 from .errors import PdfgcError
 from .io import atomic_path
 from .networks.build import Networks, build_networks
+from .state_files import read_state_dict  # noqa: F401 - re-exported: pdfgc.checkpoints.read_state_dict
+from .state_files import strip_prefix as _strip_prefix
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,6 @@ OfficialNetworks = Networks
 
 _MOTION_SKIP = ("mouth_fc", "headpose_fc", "classifier", "to_feature", "to_embed")
 _AUDIO_SKIP = ("model.layer4_exp", "model.attention_exp", "model.fc_exp", "exp_embed")
-_STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
 def _is_identity_fc(key: str) -> bool:
@@ -88,44 +89,6 @@ _RULES: dict[str, tuple[Callable[[str], bool], str, bool]] = {
 
 def _shape(t: Any) -> str:
     return str(tuple(t.shape)) if hasattr(t, "shape") else type(t).__name__
-
-
-def _strip_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in state.items():
-        for prefix in _STRIP_PREFIXES:
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read one raw state_dict file safely (``weights_only``, to CPU), prefixes stripped.
-
-    Raises :class:`PdfgcError` if the file is missing, unreadable or not a state_dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PdfgcError(f"checkpoint file not found: {path}")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - any failure here is a bad file
-        if "weights only" in str(exc).lower():
-            reason = "it holds objects other than tensors (refused by safe weights_only loading)"
-        else:
-            detail = " ".join(str(exc).split())[:160] or type(exc).__name__
-            reason = f"not a readable PyTorch file ({detail})"
-        raise PdfgcError(f"cannot read checkpoint {path}: {reason}") from exc
-    if not isinstance(state, Mapping) or not state:
-        raise PdfgcError(f"checkpoint {path} is not a state_dict (got {type(state).__name__})")
-    bad = next((k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)), None)
-    if bad is not None:
-        hint = (" (a training checkpoint? export raw state_dicts with export_official)"
-                if bad in ("state_dict", "epoch", "optimizer_states") else "")
-        raise PdfgcError(f"checkpoint {path} is not a raw state_dict: entry {bad!r} is "
-                         f"{type(state[bad]).__name__}, not a tensor{hint}")
-    return _strip_prefix(state)
 
 
 def load_official_state(module: nn.Module, part: str, path: str | os.PathLike) -> list[str]:
