@@ -77,7 +77,7 @@ def stage_times(source, settings: ClipSettings, detector, out: Path) -> dict[str
     eye_state(aligned.frames, aligned.landmarks, ~track.interpolated)
     times["eyes"] = time.perf_counter() - t
     t = time.perf_counter()
-    pose_labels(aligned.landmarks, settings.image_size)
+    pose_labels(aligned.frames, aligned.landmarks)
     times["pose"] = time.perf_counter() - t
     t = time.perf_counter()
     audio_fe.mel_spectrogram(decoded.waveform)

@@ -408,8 +408,10 @@ def test_a_single_bad_input_is_one_error(messy, tmp_path):
                                                     "face_alignment": {"weights_dir": str(tmp_path), "device": "cpu"}}))
     with pytest.raises(PdfgcError, match="pose_weights"):
         run(config(messy, tmp_path / "h", pose_backend="deep3d"))
-    with pytest.raises(PdfgcError, match="not available"):
+    with pytest.raises(PdfgcError, match="checkpoint file not found: /w.pth"):
         run(config(messy, tmp_path / "i", pose_backend="deep3d", pose_weights="/w.pth"))
+    with pytest.raises(PdfgcError, match="unknown pose_backend"):
+        run(config(messy, tmp_path / "j", pose_backend="mediapipe"))
 
 
 def _only(messy: Path, tmp_path: Path, names: list[str]) -> PreprocessConfig:

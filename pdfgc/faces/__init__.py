@@ -10,8 +10,10 @@ from pdfgc.faces.align import ALIGN_TEMPLATE_224, clip_alignment, warp_frames
 from pdfgc.faces.eyes import eye_aspect_ratio, iris_positions
 from pdfgc.faces.landmarks import FaceDetections, LandmarkDetector, build_landmark_detector
 from pdfgc.faces.pose import head_pose
+from pdfgc.faces.pose_backends import PoseEstimator, build_pose_estimator
 
 __all__ = [
     "ALIGN_TEMPLATE_224", "clip_alignment", "warp_frames", "eye_aspect_ratio", "iris_positions",
-    "FaceDetections", "LandmarkDetector", "build_landmark_detector", "head_pose",
+    "FaceDetections", "LandmarkDetector", "build_landmark_detector", "head_pose", "PoseEstimator",
+    "build_pose_estimator",
 ]

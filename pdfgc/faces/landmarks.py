@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import importlib.util
-import os
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol
@@ -113,8 +114,30 @@ class DlibLandmarkDetector:
         return FaceDetections(landmarks, counts)
 
 
-# File names face-alignment 1.5 looks for in ``<torch hub dir>/checkpoints``.
+# File names face-alignment 1.5 looks for in ``<torch hub dir>/checkpoints``: the 2D-FAN and the
+# S3FD detector, both plain state_dicts (read with torch.load(weights_only=True)).
 FACE_ALIGNMENT_FILES = ("2DFAN4-11f355bf06.pth.tar", "s3fd-619a316812.pth")
+
+
+def face_alignment_hub(weights_dir: Optional[str] = None) -> Path:
+    """The torch hub folder face-alignment's weights are read from: ``weights_dir``, else torch's
+    own (``$TORCH_HOME/hub``, by default ``~/.cache/torch/hub``)."""
+    import torch
+
+    return Path(weights_dir).expanduser() if weights_dir else Path(torch.hub.get_dir())
+
+
+def face_alignment_unavailable(weights_dir: Optional[str] = None, allow_download: bool = False) -> Optional[str]:
+    """Why the face_alignment backend cannot run here (None when it can): the package is not
+    installed, or (unless ``allow_download``) weight files are missing from ``<hub>/checkpoints``."""
+    if importlib.util.find_spec("face_alignment") is None:
+        return "the face-alignment package is not installed (pip install face-alignment)"
+    folder = face_alignment_hub(weights_dir) / "checkpoints"
+    missing = [f for f in FACE_ALIGNMENT_FILES if not (folder / f).is_file()]
+    if not missing or allow_download:
+        return None
+    return (f"face-alignment weights not found in {folder} ({', '.join(missing)}); give "
+            "landmarks.face_alignment.weights_dir=... or landmarks.face_alignment.allow_download=true")
 
 
 class FaceAlignmentLandmarkDetector:
@@ -124,28 +147,41 @@ class FaceAlignmentLandmarkDetector:
         weights_dir: a torch hub folder holding ``checkpoints/2DFAN4-11f355bf06.pth.tar`` and
             ``checkpoints/s3fd-619a316812.pth``; None = torch's own hub folder (``$TORCH_HOME``).
         device: ``cpu`` / ``cuda`` / ``cuda:1``.
-        batch_size: frames per batched call.
+        batch_size: frames per batched detector call (and faces per FAN call).
         allow_download: let face-alignment fetch missing weights (never in tests).
+    Raises:
+        PdfgcError: (one line) missing weights (without ``allow_download``), or files that are
+            not the networks' state_dicts.
     """
 
     def __init__(self, weights_dir: Optional[str] = None, device: str = "cpu", batch_size: int = 16,
                  allow_download: bool = False):
         import torch
 
-        hub = Path(weights_dir) if weights_dir else Path(torch.hub.get_dir())
-        missing = [f for f in FACE_ALIGNMENT_FILES if not (hub / "checkpoints" / f).is_file()]
-        if missing and not allow_download:
-            raise PdfgcError(f"face-alignment weights not found in {hub / 'checkpoints'} ({', '.join(missing)}); "
-                             "give landmarks.weights_dir=... or landmarks.allow_download=true")
+        hub = face_alignment_hub(weights_dir)
+        reason = face_alignment_unavailable(weights_dir, allow_download)
+        if reason:
+            raise PdfgcError(reason)
         import face_alignment
 
-        previous = torch.hub.get_dir()
-        torch.hub.set_dir(str(hub))  # face-alignment reads its files from the hub folder
+        detector_file = hub / "checkpoints" / FACE_ALIGNMENT_FILES[1]
+        # An explicit detector path: face-alignment then reads it with weights_only=True instead
+        # of going through torch.hub's loader.
+        detector_kwargs = {"path_to_detector": str(detector_file)} if detector_file.is_file() else {}
+        # face-alignment reads (or, if allowed, downloads) the FAN in torch's hub folder; set it,
+        # then restore torch's own setting (None: follow $TORCH_HOME), not the path it gave
+        previous = getattr(torch.hub, "_hub_dir", None)
+        torch.hub.set_dir(str(hub))
         try:
             self._model = face_alignment.FaceAlignment(face_alignment.LandmarksType.TWO_D, device=device,
-                                                       flip_input=False, compile=False)
+                                                       flip_input=False, compile=False,
+                                                       face_detector_kwargs=detector_kwargs,
+                                                       max_batch_size=max(1, int(batch_size)))
+        except (RuntimeError, OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+            detail = " ".join(str(exc).split())[:200]
+            raise PdfgcError(f"cannot load the face-alignment weights in {hub / 'checkpoints'}: {detail}") from None
         finally:
-            torch.hub.set_dir(previous)
+            torch.hub._hub_dir = previous
         self.device = device
         self.batch_size = int(batch_size)
 
@@ -159,8 +195,9 @@ class FaceAlignmentLandmarkDetector:
         for start in range(0, len(frames), self.batch_size):
             chunk = frames[start:start + self.batch_size]
             batch = torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2).to(self.device).float()
-            results = self._model.get_landmarks_from_batch(batch, return_bboxes=True)
-            per_frame, _, boxes = results
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "No faces were detected." per empty frame
+                per_frame, _, boxes = self._model.get_landmarks_from_batch(batch, return_bboxes=True)
             for i, (points, frame_boxes) in enumerate(zip(per_frame, boxes)):
                 points = np.asarray(points, np.float32).reshape(-1, 68, 2) if points is not None and len(points) else None
                 if points is None or not len(points):

@@ -2,8 +2,9 @@
 
 Convention (docs/design.md, the same as SynthTalk's ``pdfgc.synthtalk.motion``): head
 coordinates x right, y down, z toward the camera; rotation ``R = Rz(roll) Ry(yaw) Rx(pitch)``;
-yaw > 0 turns the face toward the image's right (the nose moves right), pitch > 0 lowers the
-chin (the nose moves down), roll > 0 turns the face clockwise in the image. Translation
+yaw > 0 turns the face toward the image's right (the nose moves right), pitch > 0 raises the
+nose in the image (what SynthTalk's renderer draws; docs/design.md), roll > 0 turns the face
+clockwise in the image. Translation
 (tx, ty): where the template's origin projects, relative to the image centre, in fractions of
 the image side (+x right, +y down). log(scale): log of the face's projected size relative to the
 aligned-frame template (inter-ocular distance 50/224 of the side), so an aligned frontal frame

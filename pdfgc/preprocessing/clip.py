@@ -18,9 +18,10 @@ import numpy as np
 
 from pdfgc import audio as audio_fe
 from pdfgc.errors import PdfgcError
-from pdfgc.faces import clip_alignment, eye_aspect_ratio, head_pose, iris_positions, warp_frames
+from pdfgc.faces import clip_alignment, eye_aspect_ratio, iris_positions, warp_frames
 from pdfgc.faces.align import transform_points
 from pdfgc.faces.landmarks import LandmarkDetector
+from pdfgc.faces.pose_backends import LandmarkPoseEstimator, PoseEstimator, build_pose_estimator
 from pdfgc.preprocessing.discover import ClipSource
 from pdfgc.preprocessing.quality import FaceTrack, QualityLimits, check_faces, fill_gaps
 from pdfgc.preprocessing.rejection import ClipRejected
@@ -33,7 +34,6 @@ SAMPLES_PER_FRAME = audio_fe.SAMPLE_RATE // FPS  # 640
 # difference is flagged (the clip is cut to the shorter of the two either way).
 LENGTH_MISMATCH_FRAMES = 2
 UPSCALED_FACTOR = 2.0  # aligned pixels per source pixel above which the clip is flagged "upscaled"
-POSE_BACKENDS = ("landmarks", "deep3d")
 
 
 @dataclass(frozen=True)
@@ -50,22 +50,19 @@ class ClipSettings:
     limits: QualityLimits = field(default_factory=QualityLimits)
     pose_backend: str = "landmarks"
     pose_weights: Optional[str] = None
+    pose_device: str = "auto"
+    pose_batch_size: int = 32
 
 
-def check_pose_backend(settings: ClipSettings) -> None:
-    """Fail before any work when the pose backend cannot run.
+def build_pose(settings: ClipSettings) -> PoseEstimator:
+    """The pose estimator of ``settings`` (``pose_backend``, ``pose_weights``, ``pose_device``,
+    ``pose_batch_size``); built before any work so that a bad backend or checkpoint stops the run.
 
     Raises:
-        PdfgcError: unknown backend, or ``deep3d`` (Deep3DFaceRecon is not implemented in this
-            version; the message says so, and asks for weights first when none are given).
+        PdfgcError: unknown backend, ``deep3d`` without weights or with a bad checkpoint.
     """
-    if settings.pose_backend not in POSE_BACKENDS:
-        raise PdfgcError(f"unknown pose_backend {settings.pose_backend!r} (one of {', '.join(POSE_BACKENDS)})")
-    if settings.pose_backend == "deep3d":
-        if not settings.pose_weights:
-            raise PdfgcError("pose_backend=deep3d needs pose_weights=<Deep3DFaceRecon checkpoint>")
-        raise PdfgcError("pose_backend=deep3d is not available in this version (Deep3DFaceRecon is not "
-                         "implemented yet); use pose_backend=landmarks (solvePnP on the 68 landmarks)")
+    return build_pose_estimator(settings.pose_backend, settings.pose_weights, settings.pose_device,
+                                settings.pose_batch_size)
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -216,10 +213,12 @@ def eye_state(frames: np.ndarray, landmarks: np.ndarray, reliable: Optional[np.n
     return np.concatenate([ear, iris.reshape(len(iris), 4)], axis=1).astype(np.float32)
 
 
-def pose_labels(landmarks: np.ndarray, image_size: int) -> np.ndarray:
-    """``(T, 6)`` float32 pose labels from aligned landmarks (:func:`pdfgc.faces.head_pose`),
-    frames where solvePnP failed interpolated from their neighbours (labels must be finite)."""
-    pose = head_pose(landmarks, image_size)
+def pose_labels(frames: np.ndarray, landmarks: np.ndarray, estimator: Optional[PoseEstimator] = None) -> np.ndarray:
+    """``(T, 6)`` float32 pose labels of aligned frames ``(T, S, S, 3)`` with landmarks
+    ``(T, 68, 2)`` by ``estimator`` (default solvePnP on the landmarks,
+    :func:`pdfgc.faces.head_pose`); frames where it failed are interpolated from their
+    neighbours (labels must be finite)."""
+    pose = (estimator or LandmarkPoseEstimator()).estimate(frames, landmarks)
     ok = np.isfinite(pose).all(axis=1)
     if ok.all() or not ok.any():
         return np.nan_to_num(pose)  # all failed: cannot happen with finite landmarks; stay finite
@@ -285,7 +284,7 @@ def publish(scratch: Path, final: Path) -> None:
 
 
 def process_clip(source: ClipSource, detector: LandmarkDetector, settings: ClipSettings, root: Path,
-                 scratch_root: Path) -> dict:
+                 scratch_root: Path, pose_estimator: Optional[PoseEstimator] = None) -> dict:
     """Process one clip into ``root/<speaker>/<clip>/`` and return its index entry.
 
     Args:
@@ -294,6 +293,7 @@ def process_clip(source: ClipSource, detector: LandmarkDetector, settings: ClipS
         settings: per-clip options.
         root: the output folder (index paths are relative to it).
         scratch_root: where the clip is assembled before the rename (same file system as ``root``).
+        pose_estimator: the pose backend (:func:`build_pose`); None = solvePnP on the landmarks.
     Returns:
         the index entry (docs/design.md "Processed-data layout" + ``quality``, ``source``).
     Raises:
@@ -304,7 +304,7 @@ def process_clip(source: ClipSource, detector: LandmarkDetector, settings: ClipS
     track = check_faces(found.landmarks, found.face_counts, settings.limits)
     aligned = align_clip(decoded.frames, track, settings)
     eyes = eye_state(aligned.frames, aligned.landmarks, reliable=~track.interpolated)
-    pose = pose_labels(aligned.landmarks, settings.image_size)
+    pose = pose_labels(aligned.frames, aligned.landmarks, pose_estimator)
     mel = audio_fe.mel_spectrogram(decoded.waveform)
 
     rel = clip_folder(source)

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from pdfgc.errors import PdfgcError
 from pdfgc.io import atomic_write_text
-from pdfgc.preprocessing.clip import ClipSettings, check_pose_backend, process_clip
+from pdfgc.preprocessing.clip import ClipSettings, build_pose, process_clip
 from pdfgc.preprocessing.discover import ClipSource, discover_clips, load_split_rule, select_shard
 from pdfgc.preprocessing.quality import QualityLimits
 from pdfgc.preprocessing.records import (REJECTED_NAME, SCRATCH_NAME, JsonlAppender, finished_keys, merge_shards,
@@ -30,6 +30,9 @@ from pdfgc.preprocessing.rejection import ClipRejected
 log = logging.getLogger("pdfgc.preprocess")
 
 LANDMARK_BACKENDS = ("auto", "dlib", "face_alignment")
+# Measured with one thread (docs/preprocessing.md, "Landmark backends"): S3FD 0.22 s on a 224 px frame
+# (it grows with the frame's pixels), 2D-FAN 0.36 s per face.
+FACE_ALIGNMENT_CPU_SPEED = "about 1.7 frames/s per core on 224 px frames, fewer on larger ones (dlib: ~190)"
 
 
 @dataclass
@@ -78,23 +81,35 @@ class PreprocessConfig:
 
 
 def landmark_backend(landmarks: dict) -> tuple[str, dict]:
-    """(backend, its options) from the ``landmarks`` config; ``auto`` = face_alignment when CUDA
-    is available, else dlib, and a face_alignment ``device: auto`` becomes cuda or cpu."""
+    """(backend, its options) from the ``landmarks`` config.
+
+    ``auto`` = face_alignment when it can run here without downloading (package installed, both
+    weight files in ``weights_dir`` or torch's hub cache, or ``allow_download=true``) and on a GPU
+    (its ``device`` is ``auto`` and CUDA is available, or a device is given); else dlib, with a
+    one-line warning saying why. A face_alignment ``device: auto`` becomes cuda when available,
+    else cpu (warned: about 100 times slower than dlib there).
+    """
+    from pdfgc.faces.landmarks import face_alignment_unavailable
+    from pdfgc.faces.pose_backends import resolve_device
+
     backend = str(landmarks.get("backend", "auto"))
     if backend not in LANDMARK_BACKENDS:
         raise PdfgcError(f"unknown landmarks.backend {backend!r} (one of {', '.join(LANDMARK_BACKENDS)})")
-
-    def cuda() -> bool:
-        import torch
-
-        return torch.cuda.is_available()
-
+    fa = dict(landmarks.get("face_alignment") or {})
+    device = resolve_device(fa.get("device", "auto"))
     if backend == "auto":
-        backend = "face_alignment" if cuda() else "dlib"
-    options = dict(landmarks.get(backend) or {})
-    if backend == "face_alignment" and options.get("device", "auto") == "auto":
-        options["device"] = "cuda" if cuda() else "cpu"
-    return backend, options
+        reason = face_alignment_unavailable(fa.get("weights_dir"), bool(fa.get("allow_download")))
+        if not reason and fa.get("device", "auto") == "auto" and device == "cpu":
+            reason = (f"no CUDA device, and face_alignment on the CPU runs at {FACE_ALIGNMENT_CPU_SPEED}; "
+                      "landmarks.backend=face_alignment uses it anyway")
+        if reason:
+            log.warning("landmarks: dlib, not face_alignment: %s", reason)
+        backend = "dlib" if reason else "face_alignment"
+    if backend == "dlib":
+        return backend, dict(landmarks.get("dlib") or {})
+    if device == "cpu":
+        log.warning("landmarks: face_alignment on the CPU runs at %s", FACE_ALIGNMENT_CPU_SPEED)
+    return backend, {**fa, "device": device}
 
 
 # --- the work of one process ------------------------------------------------------------------
@@ -112,14 +127,15 @@ def _init_worker(backend: str, options: dict, settings: ClipSettings, root: str,
 
         cv2.setNumThreads(1)
         torch.set_num_threads(1)
-    _worker.update(detector=build_landmark_detector(backend, **options), settings=settings, root=Path(root),
-                   scratch=Path(scratch))
+    _worker.update(detector=build_landmark_detector(backend, **options), pose=build_pose(settings), settings=settings,
+                   root=Path(root), scratch=Path(scratch))
 
 
 def _process(source: ClipSource) -> tuple[ClipSource, dict]:
     """``(source, outcome)``: ``{"status": "done", "entry": ...}`` or ``{"status": "rejected", ...}``."""
     try:
-        entry = process_clip(source, _worker["detector"], _worker["settings"], _worker["root"], _worker["scratch"])
+        entry = process_clip(source, _worker["detector"], _worker["settings"], _worker["root"], _worker["scratch"],
+                             _worker["pose"])
         return source, {"status": "done", "entry": entry}
     except ClipRejected as exc:
         return source, {"status": "rejected", "reason": exc.reason, "detail": exc.detail}
@@ -128,14 +144,14 @@ def _process(source: ClipSource) -> tuple[ClipSource, dict]:
         return source, {"status": "rejected", "reason": "error", "detail": last, "traceback": traceback.format_exc()}
 
 
-def _outcomes(todo: Sequence[ClipSource], num_workers: int, init_args: tuple,
-              detector) -> Iterator[tuple[ClipSource, dict]]:
-    """(source, outcome) as clips finish: in this process with ``detector``, or in ``num_workers``
-    spawned processes, each with its own detector (spawn, not fork: a forked child can deadlock
-    on a thread pool lock the parent held)."""
+def _outcomes(todo: Sequence[ClipSource], num_workers: int, init_args: tuple, detector,
+              pose) -> Iterator[tuple[ClipSource, dict]]:
+    """(source, outcome) as clips finish: in this process with ``detector`` and ``pose``, or in
+    ``num_workers`` spawned processes, each with its own (spawn, not fork: a forked child can
+    deadlock on a thread pool lock the parent held)."""
     if num_workers == 0:
         _, _, settings, root, scratch = init_args
-        _worker.update(detector=detector, settings=settings, root=Path(root), scratch=Path(scratch))
+        _worker.update(detector=detector, pose=pose, settings=settings, root=Path(root), scratch=Path(scratch))
         for source in todo:
             yield _process(source)
         return
@@ -235,7 +251,7 @@ def run(config: PreprocessConfig) -> Summary:
         return Summary(output_dir=str(root))
     _check(config)
     settings = config.clip
-    check_pose_backend(settings)
+    pose = build_pose(settings)  # bad backend or checkpoint: fail before any work
     rule = load_split_rule(config.test_speakers, config.test_fraction)
     sources = discover_clips(config.input_dir, rule, exclude=root)
     mine = select_shard(sources, config.shard, config.num_shards)
@@ -244,8 +260,8 @@ def run(config: PreprocessConfig) -> Summary:
 
     detector = build_landmark_detector(backend, **options)  # bad backend or missing weights: fail before any work
     if config.num_workers > 0:
-        del detector  # the workers build their own (GPU memory: one model per process)
-        detector = None
+        del detector, pose  # the workers build their own (GPU memory: one model per process)
+        detector = pose = None
     root.mkdir(parents=True, exist_ok=True)
 
     done = finished_keys(root)
@@ -259,8 +275,8 @@ def run(config: PreprocessConfig) -> Summary:
     shutil.rmtree(scratch, ignore_errors=True)  # half-written clips of a killed run
     scratch.mkdir(parents=True, exist_ok=True)
     log.info("%d clips found, %d in shard %d/%d, %d already done, %d rejected before: %d to process (%s landmarks, "
-             "%d workers)", len(sources), len(mine), config.shard, config.num_shards, summary.skipped_done,
-             summary.skipped_rejected, len(todo), backend, config.num_workers)
+             "%s pose, %d workers)", len(sources), len(mine), config.shard, config.num_shards, summary.skipped_done,
+             summary.skipped_rejected, len(todo), backend, settings.pose_backend, config.num_workers)
 
     reasons: Counter = Counter()
     last_rejection: Optional[str] = None
@@ -269,7 +285,7 @@ def run(config: PreprocessConfig) -> Summary:
             JsonlAppender(shard_file(root, "rejected", config.shard, config.num_shards)) as rejected_log, \
             _progress(len(todo), config.progress) as bar:
         init_args = (backend, options, settings, str(root), str(scratch))
-        for source, outcome in _outcomes(todo, config.num_workers, init_args, detector):
+        for source, outcome in _outcomes(todo, config.num_workers, init_args, detector, pose):
             if outcome["status"] == "done":
                 index.append(outcome["entry"])
                 summary.processed += 1
