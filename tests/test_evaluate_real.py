@@ -80,11 +80,22 @@ def test_real_protocols_end_to_end(weights, tmp_path):
         assert key in metrics, key  # null when no face was found in the random model's output
     assert 0 <= metrics["real/self/ours/ssim"] <= 1 and metrics["real/self/ours/lse_c"] >= 0
     assert "SyncNet" in metrics["real/estimator/lse"] and "iris" in metrics["real/estimator/gaze"]
+    # the FID resize rule is fixed (torch-fidelity's TF1 bilinear) and recorded beside the figure
+    assert metrics["real/estimator/fid"] == "torchmetrics FID, Inception 64-d, resize tf1-bilinear (torch-fidelity)"
     with open(out / "real_clips.csv") as fh:
         rows = list(csv.DictReader(fh))
     self_ours = [float(r["psnr"]) for r in rows if r["protocol"] == "self" and r["role"] == "ours"]
     assert len(self_ours) == 2 and np.mean(self_ours) == pytest.approx(metrics["real/self/ours/psnr"], rel=1e-5)
     assert {r["protocol"] for r in rows} == {"self", "cross/lip", "cross/emotion"}
+    # per-frame gaze / pose / EAR / blink series: one row per frame of each self-driven clip (7 frames)
+    with open(out / "real_frames.csv") as fh:
+        frames = list(csv.DictReader(fh))
+    assert list(frames[0])[:4] == ["protocol", "name", "role", "frame"]
+    assert {"gaze_error", "pose_error", "ear", "ear_reference", "blink", "blink_reference"} <= set(frames[0])
+    self_frames = [r for r in frames if r["protocol"] == "self" and r["role"] == "ours"]
+    assert len(self_frames) == 2 * 7 and [int(r["frame"]) for r in self_frames[:7]] == list(range(7))
+    # dlib finds the SynthTalk faces of the real clips in most frames (the random model's output: none)
+    assert sum(bool(r["ear_reference"]) for r in self_frames) >= 10
     for name in ("real_factors.png", "real_distributions.png", "real_metrics.md", "metrics.md"):
         assert (out / name).stat().st_size > 500, name
     assert "| lse_c |" in (out / "real_metrics.md").read_text()
@@ -101,6 +112,11 @@ def test_a_rerun_reuses_scored_records(weights, tmp_path):
     for key in ("real/cross/pose/ours/pose_error", "real/cross/pose/static/pose_error",
                 "real/cross/gaze/ours/gaze_error", "real/cross/blink/ours/blink_f1"):
         assert key in metrics, key
+    frames = (tmp_path / "run1" / "real_frames.csv").read_text()
+    with open(tmp_path / "run1" / "real_frames.csv") as fh:
+        seen = {(r["protocol"], r["role"]) for r in csv.DictReader(fh)}
+    assert seen == {("self", "ours"), *((f"cross/{f}", role) for f in ("pose", "gaze", "blink")
+                                        for role in ("ours", "static"))}
     # resume: one record deleted -> only it is scored again; the figures do not change
     records = sorted((tmp_path / "scores" / "self").glob("*.json"))
     assert len(records) == 2
@@ -111,6 +127,7 @@ def test_a_rerun_reuses_scored_records(weights, tmp_path):
     again = json.loads((tmp_path / "run2" / "metrics.json").read_text())
     for key in ("real/self/ours/psnr", "real/self/ours/lse_d", "real/self/ours/fid", "real/cross/lip/ours/lse_c"):
         assert again[key] == pytest.approx(metrics[key], rel=1e-5), key
+    assert (tmp_path / "run2" / "real_frames.csv").read_text() == frames, "reused records keep their frame series"
 
 
 def test_missing_metric_weights_are_one_line_errors(tmp_path):
@@ -180,3 +197,49 @@ def test_aggregate_means_ignore_nan_and_blink_f1_sums_counts():
     assert out["real/self/ours/blinks"] == 4
     assert out["real/self/gt/lse_c"] == 7.0 and out["real/self/count"] == 2
     assert out["real/self/ours/fid"] > 0
+
+
+def test_frame_series_are_the_per_frame_values_behind_the_clip_figures(tmp_path):
+    from types import SimpleNamespace
+
+    from pdfgc.evaluation.real_report import write_frames_csv
+    from pdfgc.evaluation.scoring import ClipScorer, FaceMeasures
+
+    t = 8
+    lm = np.zeros((t, 68, 2))
+    lm[2] = np.nan  # no face in frame 2 of the reference
+    ear_ref = np.full((t, 2), 0.3)
+    ear_ref[4:7] = 0.1  # the reference blinks in frames 4-6
+    ear_ref[2] = np.nan
+    iris_ref = np.full((t, 2, 2), 0.5)
+    iris_ref[2] = np.nan
+    pose_ref = np.zeros((t, 6))
+    pose_ref[2] = np.nan
+    iris = iris_ref.copy()
+    iris[:, :, 0] += 0.1  # both irises 0.1 eye widths to the side in every frame
+    iris[2] = 0.5
+    pose = np.zeros((t, 6))
+    pose[:, 0] = np.radians(3.0)  # 3 degrees of yaw: pose error 1 degree (mean of three angles)
+    ear = np.full((t, 2), 0.3)
+    ear[5:7] = 0.1  # ours blinks in frames 5-6
+    ours = FaceMeasures(np.zeros((t, 68, 2)), ear, iris, pose, 224)
+    ref = FaceMeasures(lm, ear_ref, iris_ref, pose_ref, 224)
+    scorer = SimpleNamespace(blink={"threshold": 0.2, "min_frames": 2, "tolerance": 2})
+    series = ClipScorer.frame_series(scorer, ours, ref)
+    np.testing.assert_allclose(series["gaze_error"], [0.1, 0.1, np.nan, 0.1, 0.1, 0.1, 0.1, 0.1], atol=1e-6)
+    np.testing.assert_allclose(series["pose_error"], [1, 1, np.nan, 1, 1, 1, 1, 1], atol=1e-5)
+    np.testing.assert_array_equal(series["blink_reference"], [0, 0, 0, 0, 1, 1, 1, 0])
+    np.testing.assert_array_equal(series["blink"], [0, 0, 0, 0, 0, 1, 1, 0])
+    np.testing.assert_allclose(series["ear"][5], 0.1, atol=1e-6)
+    # the clip figures are the means of the frame values
+    assert ClipScorer.gaze_error(ours, ref) == pytest.approx(np.nanmean(series["gaze_error"]), rel=1e-5)
+    assert ClipScorer.pose_error(ours, ref) == pytest.approx(np.nanmean(series["pose_error"]), rel=1e-5)
+
+    write_frames_csv(tmp_path / "frames.csv", [("self", "a/1", "ours", series), ("cross/gaze", "a/1__b/1", "static",
+                                                                                 {"gaze_error": series["gaze_error"][:3]})])
+    with open(tmp_path / "frames.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8 + 3
+    assert rows[2]["gaze_error"] == "" and float(rows[3]["gaze_error"]) == pytest.approx(0.1)
+    assert rows[5]["blink"] == "1" and rows[4]["blink"] == "0" and rows[4]["blink_reference"] == "1"
+    assert rows[8]["role"] == "static" and rows[8]["ear"] == "" and rows[10]["frame"] == "2"

@@ -12,8 +12,9 @@ Roles in every record: ``ours`` (the generated clip), ``gt`` (the real clip scor
 pipeline: the self clip itself, the driver B for ``lip``) and ``static`` (A's portrait as a still
 clip: the error with no control, the floor every control must beat).
 
-Each record is one JSON file (+ an ``.npz`` of FID features) under ``cache_dir``, written
-atomically; a re-run with the same settings reuses them, so a long test set resumes.
+Each record is one JSON file (+ an ``.npz`` of FID features and per-frame series) under
+``cache_dir``, written atomically; a re-run with the same settings reuses them, so a long test
+set resumes.
 """
 
 from __future__ import annotations
@@ -168,10 +169,10 @@ class RealDataEvaluation:
                            "csim": s.csim(ref, ours), "face_rate": m_ours.face_rate},
                   "gt": {**s.lip_sync(gt, audio), "csim": s.csim(ref, gt[1:] if len(gt) > 1 else gt),
                          "face_rate": m_gt.face_rate}}
-        arrays = {}
+        arrays = frame_arrays("ours", s.frame_series(m_ours, m_gt))
         feats_ours, feats_gt = s.fid_features(ours), s.fid_features(gt)
         if feats_ours is not None:
-            arrays = {"fid_ours": feats_ours, "fid_gt": feats_gt}
+            arrays.update(fid_ours=feats_ours, fid_gt=feats_gt)
         return record, arrays
 
     def cross_driven(self, factor: str, source: EvalClip, driver: EvalClip) -> tuple[dict, dict]:
@@ -196,8 +197,11 @@ class RealDataEvaluation:
             m_ours, m_drv = s.measure(ours), self.real_measures(driver)
             m_static = self.real_measures(source).repeated(len(ours))  # its first frame, held still
             record["ours"]["face_rate"] = m_ours.face_rate
+            arrays = {}
             for role, m in (("ours", m_ours), ("static", m_static)):
                 record[role].update(self._factor_figures(factor, m, m_drv))
+                arrays.update(frame_arrays(role, s.frame_series(m, m_drv)))
+            return record, arrays
         return record, {}
 
     def _factor_figures(self, factor: str, m: FaceMeasures, ref: FaceMeasures) -> dict[str, float]:
@@ -234,11 +238,12 @@ class RealDataEvaluation:
         return jobs
 
     def run(self, clips: list[EvalClip], num_pairs: int, protocols: Iterable[str], factors: Iterable[str] = FACTORS,
-            progress: bool = True) -> tuple[list[dict], dict[str, list[np.ndarray]]]:
-        """All records (cached ones reused) and the FID features per role."""
+            progress: bool = True) -> tuple[list[dict], dict[str, list[np.ndarray]], list[tuple]]:
+        """All records (cached ones reused), the FID features per role and the per-frame series
+        ``(protocol, name, role, {metric: (T,)})``."""
         from tqdm import tqdm
 
-        records, features = [], {"ours": [], "gt": []}
+        records, features, frames = [], {"ours": [], "gt": []}, []
         jobs = self.jobs(clips, num_pairs, list(protocols), list(factors))
         reused = 0
         for protocol, name, make, meta in tqdm(jobs, desc="evaluate", unit="clip", disable=not progress):
@@ -253,9 +258,26 @@ class RealDataEvaluation:
             for role in ("ours", "gt"):
                 if f"fid_{role}" in arrays:
                     features[role].append(arrays[f"fid_{role}"])
+            for role, series in split_frame_arrays(arrays).items():
+                frames.append((protocol, name, role, series))
         if reused:
             log.info("reused %d of %d scored records from %s", reused, len(jobs), self.cache.folder)
-        return records, features
+        return records, features, frames
+
+
+def frame_arrays(role: str, series: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-frame series of one role as record arrays (``frames__<role>__<metric>``)."""
+    return {f"frames__{role}__{k}": v for k, v in series.items()}
+
+
+def split_frame_arrays(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """The inverse of :func:`frame_arrays` over a record's arrays: ``{role: {metric: (T,)}}``."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in arrays.items():
+        if key.startswith("frames__"):
+            _, role, metric = key.split("__", 2)
+            out.setdefault(role, {})[metric] = value
+    return out
 
 
 def _code_similarity(a: np.ndarray, b: np.ndarray) -> float:

@@ -72,6 +72,28 @@ def write_csv(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+FRAME_METRICS = ("gaze_error", "pose_error", "ear", "ear_reference", "blink", "blink_reference")
+
+
+def write_frames_csv(path: Path, frames: list[tuple]) -> None:
+    """One row per frame of every per-frame series ``(protocol, name, role, {metric: (T,)})``:
+    protocol, name, role, frame, then the metrics (empty where unknown: no face)."""
+    metrics = [m for m in FRAME_METRICS if any(m in series for *_, series in frames)]
+    metrics += sorted({m for *_, series in frames for m in series} - set(metrics))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["protocol", "name", "role", "frame", *metrics])
+    for protocol, name, role, series in frames:
+        length = max((len(v) for v in series.values()), default=0)
+        for t in range(length):
+            cells = []
+            for m in metrics:
+                v = series.get(m)
+                cells.append(_cell(v[t]) if v is not None and t < len(v) and math.isfinite(float(v[t])) else "")
+            w.writerow([protocol, name, role, t, *cells])
+    atomic_write_text(path, buf.getvalue())
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return ""
@@ -152,10 +174,12 @@ def plot_distributions(path: Path, records: list[dict], metrics: tuple[str, ...]
 
 
 def write_real_report(out_dir: Path, records: list[dict], figures: dict[str, float],
-                      estimators: dict[str, str]) -> None:
-    """``real_clips.csv``, ``real_metrics.md``, ``real_factors.png``, ``real_distributions.png``."""
+                      estimators: dict[str, str], frames: list[tuple] | None = None) -> None:
+    """``real_clips.csv``, ``real_frames.csv`` (per-frame gaze / pose / EAR / blink series),
+    ``real_metrics.md``, ``real_factors.png``, ``real_distributions.png``."""
     out_dir = Path(out_dir)
     write_csv(out_dir / "real_clips.csv", records)
+    write_frames_csv(out_dir / "real_frames.csv", frames or [])
     atomic_write_text(out_dir / "real_metrics.md", "# Evaluation on real data\n\n" + markdown(figures, estimators))
     plot_factors(out_dir / "real_factors.png", figures)
     plot_distributions(out_dir / "real_distributions.png", records)

@@ -159,6 +159,28 @@ class ClipScorer:
     def gaze_error(ours: FaceMeasures, ref: FaceMeasures) -> float:
         return _nanmean(gaze_errors(ours.iris, ref.iris))
 
+    def frame_series(self, ours: FaceMeasures, ref: FaceMeasures) -> dict[str, np.ndarray]:
+        """Per-frame figures ``(T,)`` float32 of a clip against its reference clip (NaN where
+        either has no face): ``gaze_error`` (eye widths), ``pose_error`` (degrees, mean of |yaw|,
+        |pitch|, |roll|), ``ear`` / ``ear_reference`` (mean of the two eyes) and ``blink`` /
+        ``blink_reference`` (1 inside a detected blink event, else 0). The per-clip figures are
+        their means (blink F1: from the events)."""
+        b = self.blink
+        t = min(len(ours.ear), len(ref.ear))
+
+        def in_blink(ear: np.ndarray) -> np.ndarray:
+            flags = np.zeros(t, np.float32)
+            for first, last in blink_events(ear[:t], b["threshold"], b["min_frames"]):
+                flags[first:last + 1] = 1.0
+            return flags
+
+        with np.errstate(invalid="ignore"):
+            pose = pose_errors_degrees(ours.pose[:t], ref.pose[:t]).mean(axis=1)
+        series = {"gaze_error": gaze_errors(ours.iris[:t], ref.iris[:t]), "pose_error": pose,
+                  "ear": ours.ear[:t].mean(axis=1), "ear_reference": ref.ear[:t].mean(axis=1),
+                  "blink": in_blink(ours.ear), "blink_reference": in_blink(ref.ear)}
+        return {k: np.asarray(v, np.float32) for k, v in series.items()}
+
     def reconstruction(self, ours: np.ndarray, gt: np.ndarray, m_ours: FaceMeasures,
                        m_gt: FaceMeasures) -> dict[str, float]:
         """Everything comparing a reconstruction with its ground truth, frame by frame."""

@@ -12,6 +12,9 @@ from pdfgc.errors import PdfgcError
 
 log = logging.getLogger("pdfgc.evaluate")
 
+#: Bump when a record's content changes, so older cached records are scored again (2: per-frame series).
+RECORD_VERSION = 2
+
 
 def synthtalk_test_root(cfg: DictConfig, image_size: int) -> Path:
     """The processed export of the ``data`` world's held-out speakers (written once, resumable)."""
@@ -58,11 +61,12 @@ def evaluate_test_set(cfg: DictConfig, nets, out_dir: Path) -> dict:
     log.info("real-data protocols on %d clips of %s", len(clips), root)
     pipeline = GenerationPipeline(ModelOptions(checkpoints=str(cfg.checkpoint), device=cfg.device), networks=nets)
     settings = {"metrics": OmegaConf.to_container(cfg.metrics, resolve=True), "root": str(root),
-                "max_frames": ts.max_frames, "split": ts.split}
+                "max_frames": ts.max_frames, "split": ts.split,
+                "records": RECORD_VERSION}
     cache = RecordCache(Path(ts.cache_dir), settings_fingerprint(str(cfg.checkpoint), settings))
     evaluation = RealDataEvaluation(pipeline, scorer, out_dir / "work", cache, ts.max_frames, int(ts.batch_size))
-    records, features = evaluation.run(clips, int(ts.num_pairs), list(ts.protocols), factors)
+    records, features, frames = evaluation.run(clips, int(ts.num_pairs), list(ts.protocols), factors)
     figures = aggregate(records, features)
     estimators = scorer.estimators()
-    write_real_report(out_dir, records, figures, estimators)
+    write_real_report(out_dir, records, figures, estimators, frames)
     return {**figures, **{f"real/estimator/{k}": v for k, v in estimators.items()}}
