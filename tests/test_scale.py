@@ -336,3 +336,40 @@ def test_optuna_sweep_of_two_trials_records_the_logged_metric_and_continues(tmp_
     run_train([*args, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path}/sweep2"])
     study = optuna.load_study(study_name="synthtalk_stage2_lip_temperature_weights", storage=storage)
     assert len(study.trials) == 3
+
+
+@pytest.mark.slow
+def test_torchrun_on_two_nodes_shares_one_run_folder_and_splits_the_data(tmp_path, world_cache):
+    """The multi-node launch line of docs/scale.md on one machine: two torchrun "nodes" (one
+    process each, c10d rendezvous, gloo) run train.py with trainer.num_nodes=2. Both ranks train
+    on different samples to identical weights; one run folder, one export, rank 0's log only."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    probe_dir, run_dir = tmp_path / "probe", tmp_path / "run"
+    probe_dir.mkdir()
+    args = ["experiment=synthtalk/stage2", "trainer=ddp_sim", "trainer.strategy=ddp", "trainer.devices=1",
+            "trainer.num_nodes=2", "trainer.max_steps=2", f"hydra.run.dir={run_dir}", "~logger",
+            *[a for a in tiny(world_cache, batch_size=4) if a != "export=false"], "data.num_workers=0",
+            "+callbacks.probe._target_=test_scale.RankProbe", f"+callbacks.probe.out_dir={probe_dir}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "tests"), "OMP_NUM_THREADS": "1"}
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    nodes = [subprocess.Popen([torchrun, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-id", "test",
+                               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "train.py", *args],
+                              cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    ranks = [json.loads((probe_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and [r["step"] for r in ranks] == [2, 2]
+    assert ranks[0]["batch_sizes"] == ranks[1]["batch_sizes"] == [2, 2], "global batch 4 = 2 per rank"
+    assert not set(ranks[0]["samples"]) & set(ranks[1]["samples"]), "ranks must see different samples"
+    assert ranks[0]["weights"] == ranks[1]["weights"] != ranks[0]["initial"]
+    assert sum("export: " in out for out in outputs) == 1, "rank 0 alone exports"
+    assert (run_dir / "export" / "motion_model.pth").is_file() and (run_dir / "config.yaml").is_file()
+    log = (run_dir / "train.log").read_text()
+    assert "[rank: 0]" in log and "[rank: 1]" not in log
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probe", "run"], "no second run folder"
