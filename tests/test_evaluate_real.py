@@ -27,8 +27,8 @@ WORLD = ["data.num_speakers=3", "data.heldout_speakers=2", "data.clips_per_speak
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    """A small random stage-3 export, a random syncnet_v2.model and a BN-calibrated random
-    Inception in the FID release's layout."""
+    """A small random stage-3 export, a random syncnet_v2.model, a BN-calibrated random
+    Inception in the FID release's layout and a random ETH-XGaze in its checkpoint format."""
     import torchvision
 
     from pdfgc.metrics.syncnet import SyncNet
@@ -48,6 +48,9 @@ def weights(tmp_path_factory):
     with torch.no_grad():
         net(torch.rand(2, 3, 299, 299) * 2 - 1)
     torch.save(net.state_dict(), folder / "inception.pth")
+    from pdfgc.metrics.learned_gaze import ETHXGaze
+
+    torch.save({"epoch": 25, "model_state": ETHXGaze().state_dict()}, folder / "epoch_24_ckpt.pth.tar")
     return folder
 
 
@@ -55,7 +58,8 @@ def evaluate(weights, out, *extra):
     cmd = [sys.executable, "evaluate.py", f"checkpoint={weights / 'export'}", *WORLD, "synthtalk_report=false",
            "test_set=synthtalk", "test_set.max_frames=7", "test_set.num_pairs=1", "metrics.identity.frame_stride=4",
            f"metrics.syncnet.weights={weights / 'syncnet_v2.model'}",
-           f"metrics.fid.weights={weights / 'inception.pth'}", "metrics.fid.feature=64", f"hydra.run.dir={out}", *extra]
+           f"metrics.fid.weights={weights / 'inception.pth'}", "metrics.fid.feature=64",
+           f"metrics.gaze.weights={weights / 'epoch_24_ckpt.pth.tar'}", f"hydra.run.dir={out}", *extra]
     return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
 
 
@@ -75,11 +79,12 @@ def test_real_protocols_end_to_end(weights, tmp_path):
                 "real/cross/lip/ours/lse_c", "real/cross/lip/gt/lse_c", "real/cross/lip/static/lse_c",
                 "real/cross/emotion/ours/emotion_similarity"):
         assert metrics[key] is not None and math.isfinite(metrics[key]), key
-    for key in ("real/self/ours/pose_error", "real/self/ours/gaze_error", "real/self/ours/m_lmd",
-                "real/self/ours/blink_f1"):
+    for key in ("real/self/ours/pose_error", "real/self/ours/gaze_error", "real/self/ours/gaze_angle_error",
+                "real/self/ours/m_lmd", "real/self/ours/blink_f1"):
         assert key in metrics, key  # null when no face was found in the random model's output
     assert 0 <= metrics["real/self/ours/ssim"] <= 1 and metrics["real/self/ours/lse_c"] >= 0
     assert "SyncNet" in metrics["real/estimator/lse"] and "iris" in metrics["real/estimator/gaze"]
+    assert metrics["real/estimator/gaze_learned"].startswith("ETH-XGaze ResNet-50")
     # the FID resize rule is fixed (torch-fidelity's TF1 bilinear) and recorded beside the figure
     assert metrics["real/estimator/fid"] == "torchmetrics FID, Inception 64-d, resize tf1-bilinear (torch-fidelity)"
     with open(out / "real_clips.csv") as fh:
@@ -91,7 +96,8 @@ def test_real_protocols_end_to_end(weights, tmp_path):
     with open(out / "real_frames.csv") as fh:
         frames = list(csv.DictReader(fh))
     assert list(frames[0])[:4] == ["protocol", "name", "role", "frame"]
-    assert {"gaze_error", "pose_error", "ear", "ear_reference", "blink", "blink_reference"} <= set(frames[0])
+    assert {"gaze_error", "gaze_angle_error", "pose_error", "ear", "ear_reference", "blink",
+            "blink_reference"} <= set(frames[0])
     self_frames = [r for r in frames if r["protocol"] == "self" and r["role"] == "ours"]
     assert len(self_frames) == 2 * 7 and [int(r["frame"]) for r in self_frames[:7]] == list(range(7))
     # dlib finds the SynthTalk faces of the real clips in most frames (the random model's output: none)
@@ -110,8 +116,12 @@ def test_a_rerun_reuses_scored_records(weights, tmp_path):
     for factor in ("pose", "gaze", "blink", "lip", "emotion"):
         assert metrics[f"real/cross/{factor}/count"] == 1
     for key in ("real/cross/pose/ours/pose_error", "real/cross/pose/static/pose_error",
-                "real/cross/gaze/ours/gaze_error", "real/cross/blink/ours/blink_f1"):
+                "real/cross/gaze/ours/gaze_error", "real/cross/gaze/ours/gaze_angle_error",
+                "real/cross/blink/ours/blink_f1"):
         assert key in metrics, key
+    # the still portrait against the driver: two real SynthTalk faces, so the learned gaze angle is measured
+    assert math.isfinite(metrics["real/cross/gaze/static/gaze_angle_error"])
+    assert 0 < metrics["real/cross/gaze/static/gaze_angle_error"] < 180
     frames = (tmp_path / "run1" / "real_frames.csv").read_text()
     with open(tmp_path / "run1" / "real_frames.csv") as fh:
         seen = {(r["protocol"], r["role"]) for r in csv.DictReader(fh)}
@@ -147,6 +157,10 @@ def test_missing_metric_weights_are_one_line_errors(tmp_path):
     metrics["syncnet"]["weights"] = None
     metrics["fid"]["weights"] = str(tmp_path / "inception.pth")
     with pytest.raises(PdfgcError, match="FID Inception weights not found"):
+        ClipScorer(metrics)
+    metrics["fid"]["weights"] = None
+    metrics["gaze"]["weights"] = str(tmp_path / "epoch_24_ckpt.pth.tar")
+    with pytest.raises(PdfgcError, match="ETH-XGaze weights not found: .*epoch_24_ckpt.pth.tar"):
         ClipScorer(metrics)
 
 
@@ -224,7 +238,8 @@ def test_frame_series_are_the_per_frame_values_behind_the_clip_figures(tmp_path)
     ear[5:7] = 0.1  # ours blinks in frames 5-6
     ours = FaceMeasures(np.zeros((t, 68, 2)), ear, iris, pose, 224)
     ref = FaceMeasures(lm, ear_ref, iris_ref, pose_ref, 224)
-    scorer = SimpleNamespace(blink={"threshold": 0.2, "min_frames": 2, "tolerance": 2})
+    scorer = SimpleNamespace(blink={"threshold": 0.2, "min_frames": 2, "tolerance": 2},
+                             gaze_angle_errors=ClipScorer.gaze_angle_errors)
     series = ClipScorer.frame_series(scorer, ours, ref)
     np.testing.assert_allclose(series["gaze_error"], [0.1, 0.1, np.nan, 0.1, 0.1, 0.1, 0.1, 0.1], atol=1e-6)
     np.testing.assert_allclose(series["pose_error"], [1, 1, np.nan, 1, 1, 1, 1, 1], atol=1e-5)
@@ -243,3 +258,21 @@ def test_frame_series_are_the_per_frame_values_behind_the_clip_figures(tmp_path)
     assert rows[2]["gaze_error"] == "" and float(rows[3]["gaze_error"]) == pytest.approx(0.1)
     assert rows[5]["blink"] == "1" and rows[4]["blink"] == "0" and rows[4]["blink_reference"] == "1"
     assert rows[8]["role"] == "static" and rows[8]["ear"] == "" and rows[10]["frame"] == "2"
+
+
+def test_learned_gaze_figures_are_the_angle_between_eye_in_head_directions():
+    from pdfgc.evaluation.scoring import ClipScorer, FaceMeasures
+
+    t = 4
+    ahead = np.tile([0.0, 0.0, -1.0], (t, 1))
+    turned = np.tile([-np.sin(np.radians(10)), 0.0, -np.cos(np.radians(10))], (t, 1))
+    turned[1] = np.nan  # no face in frame 1
+    blank = dict(landmarks=np.zeros((t, 68, 2)), ear=np.full((t, 2), 0.3), iris=np.full((t, 2, 2), 0.5),
+                 pose=np.zeros((t, 6)), side=224)
+    ours, ref = FaceMeasures(**blank, gaze=turned), FaceMeasures(**blank, gaze=ahead)
+    figures = ClipScorer.gaze_figures(ours, ref)
+    assert figures["gaze_error"] == 0.0 and figures["gaze_angle_error"] == pytest.approx(10.0)
+    np.testing.assert_allclose(ClipScorer.gaze_angle_errors(ours, ref), [10, np.nan, 10, 10], atol=1e-9)
+    assert "gaze_angle_error" not in ClipScorer.gaze_figures(FaceMeasures(**blank), ref)  # not configured
+    still = ours.repeated(3)
+    assert still.gaze.shape == (3, 3) and np.allclose(still.gaze, turned[:1])

@@ -208,7 +208,7 @@ class RealDataEvaluation:
         if factor == "pose":
             return {"pose_error": self.scorer.pose_error(m, ref)}
         if factor == "gaze":
-            return {"gaze_error": self.scorer.gaze_error(m, ref)}
+            return self.scorer.gaze_figures(m, ref)
         return self.scorer.blink_figures(m, ref)
 
     def _emotion_codes(self, frames: np.ndarray) -> np.ndarray:

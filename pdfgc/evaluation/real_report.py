@@ -72,7 +72,7 @@ def write_csv(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-FRAME_METRICS = ("gaze_error", "pose_error", "ear", "ear_reference", "blink", "blink_reference")
+FRAME_METRICS = ("gaze_error", "gaze_angle_error", "pose_error", "ear", "ear_reference", "blink", "blink_reference")
 
 
 def write_frames_csv(path: Path, frames: list[tuple]) -> None:

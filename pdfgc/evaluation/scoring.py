@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from pdfgc.metrics.face_quality import build_identity_descriptor, cosine_similar
 from pdfgc.metrics.gaze_blink import (BLINK_ESTIMATOR, GAZE_ESTIMATOR, blink_events, blink_matches, ear_agreement,
                                       gaze_errors)
 from pdfgc.metrics.landmark_metrics import POSE_ESTIMATOR, landmark_distances, pose_errors_degrees
+from pdfgc.metrics.learned_gaze import LEARNED_GAZE_ESTIMATOR, angle_errors_degrees
 
 log = logging.getLogger("pdfgc.evaluate")
 
@@ -33,6 +34,7 @@ class FaceMeasures:
     iris: np.ndarray  # (T, 2, 2)
     pose: np.ndarray  # (T, 6)
     side: int
+    gaze: Optional[np.ndarray] = None  # (T, 3) eye-in-head gaze directions (learned estimator), if configured
 
     @property
     def face_rate(self) -> float:
@@ -41,8 +43,9 @@ class FaceMeasures:
 
     def repeated(self, n: int) -> "FaceMeasures":
         """The first frame's measures repeated ``n`` times (a still portrait as a clip)."""
-        take = lambda a: np.repeat(a[:1], n, axis=0)  # noqa: E731
-        return FaceMeasures(take(self.landmarks), take(self.ear), take(self.iris), take(self.pose), self.side)
+        take = lambda a: None if a is None else np.repeat(a[:1], n, axis=0)  # noqa: E731
+        return FaceMeasures(take(self.landmarks), take(self.ear), take(self.iris), take(self.pose), self.side,
+                            take(self.gaze))
 
 
 def _nanmean(x: np.ndarray) -> float:
@@ -56,7 +59,8 @@ class ClipScorer:
 
     Args:
         cfg: the ``metrics`` config (``configs/metrics/default.yaml``): ``syncnet``, ``fid``,
-            ``identity``, ``landmarks``, ``measure_side``, ``blink``.
+            ``identity``, ``landmarks``, ``measure_side``, ``blink`` and optionally ``gaze``
+            (``weights``: the ETH-XGaze file of the learned gaze estimator).
     """
 
     def __init__(self, cfg: Mapping[str, Any], device: str = "cpu") -> None:
@@ -83,6 +87,12 @@ class ClipScorer:
         self.measure_side = int(cfg["measure_side"])
         self.blink = dict(cfg["blink"])
         self.device = device
+        gaze = cfg.get("gaze") or {}
+        self.learned_gaze = None
+        if gaze.get("weights"):
+            from pdfgc.metrics.learned_gaze import LearnedGazeEstimator
+
+            self.learned_gaze = LearnedGazeEstimator(gaze["weights"], device, int(gaze.get("batch_size", 16)))
         for name, missing in (("LSE", self.syncnet is None), ("FID", self.inception is None)):
             if missing:
                 log.warning("%s not computed: no weights configured (see docs/evaluation.md)", name)
@@ -96,6 +106,7 @@ class ClipScorer:
                     if self.inception is not None else "not computed (no weights)"),
             "csim": f"{self.descriptor.name}, cosine to the source portrait",
             "gaze": GAZE_ESTIMATOR, "blink": BLINK_ESTIMATOR, "pose": POSE_ESTIMATOR,
+            "gaze_learned": LEARNED_GAZE_ESTIMATOR if self.learned_gaze else "not computed (no metrics.gaze.weights)",
             "lmd": f"dlib 68 landmarks, pixels of a 224 frame (measured at {self.measure_side} px)",
             "emotion": EMOTION_ESTIMATOR,
         }
@@ -111,7 +122,8 @@ class ClipScorer:
         if frames.shape[1] != side:
             frames = np.stack([cv2.resize(f, (side, side), interpolation=cv2.INTER_CUBIC) for f in frames])
         lm = self.landmarker.detect(frames).landmarks
-        return FaceMeasures(lm, eye_aspect_ratio(lm), iris_positions(frames, lm), head_pose(lm, side), side)
+        gaze = self.learned_gaze.head_gaze(frames, lm) if self.learned_gaze is not None else None
+        return FaceMeasures(lm, eye_aspect_ratio(lm), iris_positions(frames, lm), head_pose(lm, side), side, gaze)
 
     def lip_sync(self, frames: np.ndarray, audio: np.ndarray) -> dict[str, float]:
         """``lse_d``, ``lse_c``, ``av_offset`` of frames with int16 audio (empty without SyncNet)."""
@@ -159,6 +171,23 @@ class ClipScorer:
     def gaze_error(ours: FaceMeasures, ref: FaceMeasures) -> float:
         return _nanmean(gaze_errors(ours.iris, ref.iris))
 
+    @staticmethod
+    def gaze_angle_errors(ours: FaceMeasures, ref: FaceMeasures) -> Optional[np.ndarray]:
+        """``(T,)`` degrees between the learned eye-in-head gaze of two clips (None without it)."""
+        if ours.gaze is None or ref.gaze is None:
+            return None
+        t = min(len(ours.gaze), len(ref.gaze))
+        return angle_errors_degrees(ours.gaze[:t], ref.gaze[:t])
+
+    @classmethod
+    def gaze_figures(cls, ours: FaceMeasures, ref: FaceMeasures) -> dict[str, float]:
+        """``gaze_error`` (iris proxy) and, with the learned estimator, ``gaze_angle_error``."""
+        out = {"gaze_error": cls.gaze_error(ours, ref)}
+        angles = cls.gaze_angle_errors(ours, ref)
+        if angles is not None:
+            out["gaze_angle_error"] = _nanmean(angles)
+        return out
+
     def frame_series(self, ours: FaceMeasures, ref: FaceMeasures) -> dict[str, np.ndarray]:
         """Per-frame figures ``(T,)`` float32 of a clip against its reference clip (NaN where
         either has no face): ``gaze_error`` (eye widths), ``pose_error`` (degrees, mean of |yaw|,
@@ -179,6 +208,9 @@ class ClipScorer:
         series = {"gaze_error": gaze_errors(ours.iris[:t], ref.iris[:t]), "pose_error": pose,
                   "ear": ours.ear[:t].mean(axis=1), "ear_reference": ref.ear[:t].mean(axis=1),
                   "blink": in_blink(ours.ear), "blink_reference": in_blink(ref.ear)}
+        angles = self.gaze_angle_errors(ours, ref)
+        if angles is not None:
+            series["gaze_angle_error"] = angles[:t]
         return {k: np.asarray(v, np.float32) for k, v in series.items()}
 
     def reconstruction(self, ours: np.ndarray, gt: np.ndarray, m_ours: FaceMeasures,
@@ -186,6 +218,6 @@ class ClipScorer:
         """Everything comparing a reconstruction with its ground truth, frame by frame."""
         lmd = landmark_distances(m_ours.landmarks, m_gt.landmarks, m_ours.side)
         return {"psnr": float(frame_psnr(ours, gt).mean()), "ssim": float(frame_ssim(ours, gt).mean()),
-                "pose_error": self.pose_error(m_ours, m_gt), "gaze_error": self.gaze_error(m_ours, m_gt),
+                "pose_error": self.pose_error(m_ours, m_gt), **self.gaze_figures(m_ours, m_gt),
                 "m_lmd": _nanmean(lmd["m_lmd"]), "f_lmd": _nanmean(lmd["f_lmd"]),
                 **self.blink_figures(m_ours, m_gt)}

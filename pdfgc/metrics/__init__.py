@@ -6,6 +6,10 @@
   SynthTalk image (the synthetic stand-in for real pose/gaze/SyncNet/emotion estimators).
 - :mod:`.control`: transfer / leak scores of generated frames, lip-sync correlation.
 - :mod:`.report`: ``metrics.json``, ``metrics.md``, ``disentanglement.png``.
+
+The real-data metrics (docs/evaluation.md) are imported from their modules: :mod:`.syncnet` /
+:mod:`.lse` (LSE-D/C), :mod:`.fid`, :mod:`.face_quality` (CSIM, PSNR, SSIM), :mod:`.gaze_blink`,
+:mod:`.learned_gaze` (optional ETH-XGaze), :mod:`.landmark_metrics` (head pose, M-/F-LMD).
 """
 
 from .control import (
