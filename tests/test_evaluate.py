@@ -112,3 +112,24 @@ def test_a_stage_checkpoint_evaluates_the_networks_of_its_export(tmp_path):
         keys = [k for k in a if not (name == "appearance" and k.startswith("fc."))]
         assert a.keys() == b.keys() and len(keys) > 10 and all(torch.equal(a[k], b[k]) for k in keys), name
     assert not getattr(from_ckpt, "generator").training  # eval mode, as the export's
+
+
+def test_the_official_release_layout_evaluates_with_networks_official(tmp_path):
+    """The release's four files (no networks.yaml beside them): ``networks=official`` sizes them;
+    the small default refuses them in one line naming a key and both shapes."""
+    import torch
+
+    from pdfgc.errors import PdfgcError
+    from pdfgc.evaluation.networks import load_eval_networks
+
+    torch.manual_seed(0)
+    nets = build_networks(load_networks_config("official"))
+    export_official(nets, tmp_path)
+    assert not (tmp_path / "networks.yaml").exists()
+    loaded = load_eval_networks(tmp_path, networks="official")
+    assert loaded.image_size == 224
+    for name in ("motion", "audio", "generator"):
+        a, b = getattr(nets, name).state_dict(), getattr(loaded, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in b), name
+    with pytest.raises(PdfgcError, match="has shape"):
+        load_eval_networks(tmp_path, networks="small")
