@@ -373,3 +373,48 @@ def test_torchrun_on_two_nodes_shares_one_run_folder_and_splits_the_data(tmp_pat
     log = (run_dir / "train.log").read_text()
     assert "[rank: 0]" in log and "[rank: 1]" not in log
     assert sorted(p.name for p in tmp_path.iterdir()) == ["probe", "run"], "no second run folder"
+
+
+class BatchCounter(pl.Callback):
+    """Counts the training batches this run itself ran (not the ones a checkpoint carried)."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+
+
+def test_a_requeued_job_continues_its_checkpoint_in_train_stage(tmp_path, world_cache, monkeypatch):
+    """What a SLURM requeue does to ``train_stage``: a job requeued by Lightning's SIGUSR1 handler
+    finds ``hpc_ckpt_*.ckpt``, one requeued by SLURM itself (``SLURM_RESTART_COUNT`` > 0) finds
+    ``checkpoints/last.ckpt``; both continue from that step instead of starting again."""
+    import shutil
+
+    from pdfgc.utils import instantiate_callbacks
+
+    counters = []
+
+    def counting(callbacks):
+        out = instantiate_callbacks(callbacks)
+        counters.append(BatchCounter())
+        return [*out, counters[-1]]
+
+    monkeypatch.setattr("pdfgc.training.instantiate_callbacks", counting)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    common = ["experiment=synthtalk/stage2", *tiny(world_cache, batch_size=2, callbacks="callbacks=model_checkpoint"),
+              "callbacks.model_checkpoint.every_n_train_steps=1"]
+    run = tmp_path / "run"
+    train_stage(compose_train([*common, "trainer.max_steps=1"], run))
+    assert counters[-1].batches == 1
+    last = run / "checkpoints" / "last.ckpt"
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued by SLURM: the periodic last.ckpt
+    train_stage(compose_train([*common, "trainer.max_steps=3"], run))
+    assert counters[-1].batches == 2, "resumed at step 1: two more steps to 3"
+    assert torch.load(last, weights_only=True, map_location="cpu")["global_step"] == 3
+
+    monkeypatch.delenv("SLURM_RESTART_COUNT")  # requeued by Lightning's handler: its hpc_ckpt
+    shutil.copyfile(last, run / "hpc_ckpt_1.ckpt")
+    train_stage(compose_train([*common, "trainer.max_steps=4"], run))
+    assert counters[-1].batches == 1, "resumed at step 3 from hpc_ckpt_1.ckpt"
