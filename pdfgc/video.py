@@ -69,6 +69,24 @@ def crop_box(size: int = 224) -> tuple[int, int, int]:
     return 0, left, side
 
 
+def crop_points(points: np.ndarray, frame_hw: tuple[int, int], size: int = 224) -> np.ndarray:
+    """Where :func:`official_crop` takes pixel points of an ``(H, W)`` frame.
+
+    Args:
+        points: ``(..., 2)`` pixel (x, y) of the frame (pixel centres at +0.5; NaN stays NaN).
+        frame_hw: ``(H, W)`` of the frame the points belong to.
+        size: the crop's output side.
+    Returns:
+        ``(..., 2)`` float32 pixel (x, y) in the ``size x size`` network input.
+    """
+    top, left, side = crop_box(size)
+    h, w = frame_hw
+    out = np.asarray(points, np.float32).copy()
+    out[..., 0] = (out[..., 0] * (size / w) - left) * (size / side)
+    out[..., 1] = (out[..., 1] * (size / h) - top) * (size / side)
+    return out
+
+
 def official_crop(img: np.ndarray, size: int = 224) -> torch.Tensor:
     """The release's image preprocessing, size-generic.
 

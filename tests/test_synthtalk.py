@@ -73,6 +73,57 @@ def test_gaze_right_moves_the_pupil_right():
     assert iris_centroid_x(right, ident, f["pose"]) > iris_centroid_x(left, ident, f["pose"]) + 0.5
 
 
+def landmarks_with(size=SIZE, **overrides):
+    """The 70 landmarks of the frame ``render_with(**overrides)`` draws, and that frame."""
+    img, ident, f = render_with(size=size, **overrides)
+    points = rd.landmarks(ident, f["pose"], f["gaze"], f["blink"], f["mouth"], f["effects"], size)[0]
+    return points, img, ident
+
+
+def test_landmarks_lie_on_the_drawn_iris_lips_and_lids():
+    size = 224
+    points, img, ident = landmarks_with(size=size, gaze=[[0.4, 0.1, 0.4, 0.1]], mouth=[[0.8, 0.0]])
+    assert points.shape == (rd.NUM_LANDMARKS, 2) == (70, 2)
+    colour = lambda p: img[int(p[1]), int(p[0])]  # noqa: E731  (x, y) pixel centres at +0.5
+    for k in (68, 69):  # the iris centres sit on the pupil, which moved right with the gaze
+        assert np.linalg.norm(colour(points[k]) - np.asarray(rd.idm.PUPIL) * 255) < 40
+    assert points[68, 0] > (points[36, 0] + points[39, 0]) / 2, "gaze right: iris right of the eye centre"
+    # Inner lips bracket the dark mouth interior of an open mouth; the outer lips lie on lip colour.
+    gap = (points[61:64, 1].mean(), points[65:68, 1].mean())
+    mid = points[[62, 66]].mean(0)
+    assert gap[1] - gap[0] > 8
+    assert np.linalg.norm(colour(mid) - np.asarray(rd.idm.MOUTH_INTERIOR) * 255) < 60
+    lip = np.asarray(ident.lip) * 255
+    between = (points[51] + points[62]) / 2  # the middle of the upper lip
+    assert np.linalg.norm(colour(between) - lip) < 60
+
+
+def test_landmarks_follow_blink_opening_and_yaw():
+    opened, _, _ = landmarks_with(blink=[[0.0, 0.0]])
+    shut, _, _ = landmarks_with(blink=[[1.0, 0.0]])
+    lid_gap = lambda p, top, bottom: float(np.abs(p[bottom, 1] - p[top, 1]))  # noqa: E731
+    assert lid_gap(opened, 37, 41) > 1.0 and lid_gap(shut, 37, 41) < 0.5, "eye A's lids meet when it blinks"
+    assert lid_gap(shut, 43, 47) == pytest.approx(lid_gap(opened, 43, 47)), "eye B stays open"
+    closed_mouth, _, _ = landmarks_with(mouth=[[0.0, 0.0]])
+    open_mouth, _, _ = landmarks_with(mouth=[[1.0, 0.0]])
+    assert lid_gap(open_mouth, 62, 66) > lid_gap(closed_mouth, 62, 66) + 3
+    left, _, _ = landmarks_with(pose=[[-0.4, 0, 0, 0, 0, 0]])
+    right, _, _ = landmarks_with(pose=[[0.4, 0, 0, 0, 0, 0]])
+    nose_offset = lambda p: p[30, 0] - p[8, 0]  # noqa: E731  the nose tip relative to the chin
+    assert nose_offset(right) > nose_offset(left) + 2, "positive yaw turns the nose to the image right"
+
+
+def test_the_pool_keeps_landmarks_in_cropped_frame_pixels():
+    clip = render_clip(0, 2, 0, 3, SIZE)
+    pool = ClipPool.from_clips([clip], SIZE)
+    from pdfgc.video import crop_box
+
+    top, left, side = crop_box(SIZE)
+    expected = (clip.landmarks - [left, top]) * (SIZE / side)
+    assert pool.landmarks.shape == (1, 3, 70, 2)
+    assert np.allclose(pool.landmarks[0], expected, atol=1e-4)
+
+
 def test_a_wider_opening_changes_more_of_the_mouth_region():
     closed, ident, f = render_with(mouth=[[0.0, 0.0]])
     half, _, _ = render_with(mouth=[[0.5, 0.0]])
@@ -206,19 +257,20 @@ def small_module(tmp_path_factory):
                      "eye_anchor": (2, 3, 64, 64), "eye_open": (2, 2), "gt_gaze": (2, 5, 4)}),
     ("emotion", {"frames": (2, 5, 3, 64, 64), "mels": (2, 5, 1, 80, 20), "source": (2, 3, 64, 64),
                  "gt_emotion": (2, 5)}),
+    ("landmarks", {"image": (2, 3, 64, 64), "landmarks": (2, 70, 2), "gt_pose": (2, 6)}),
 ])
 def test_samples_have_the_contract_keys_and_shapes(small_module, mode, keys):
     batch = next(iter(small_module(mode).train_dataloader()))
     for key, shape in keys.items():
         assert tuple(batch[key].shape) == shape, key
-    lead = (2,) if mode == "reconstruction" else (2, 5)  # ground truth describes driver / frames
+    lead = (2,) if mode in ("reconstruction", "landmarks") else (2, 5)  # ground truth describes driver / frames
     gt = {"gt_pose": (6,), "gt_gaze": (4,), "gt_blink": (2,), "gt_mouth": (2,), "gt_emotion": (),
           "gt_emotion_intensity": ()}
     for key, tail in gt.items():
         assert tuple(batch[key].shape) == lead + tail, key
     assert batch["gt_emotion"].dtype == torch.int64 and batch["gt_pose"].dtype == torch.float32
     assert isinstance(batch["clip"][0], str)
-    images = [v for k, v in batch.items() if k in ("source", "driver", "frames")]
+    images = [v for k, v in batch.items() if k in ("source", "driver", "frames", "image")]
     assert all(v.min() >= -1 and v.max() <= 1 and v.dtype == torch.float32 for v in images)
     assert batch["speaker"].dtype == torch.int64
 

@@ -14,7 +14,9 @@ Ground truth per frame (units in ``motion`` / ``speech``):
   implies, shown 40 ms ahead of the sound; ``mouth_drawn (F, 2)`` adds the emotion's effect;
 * ``emotion`` (int, MEAD order, one per clip) and ``emotion_intensity (F,)``;
 * ``eye_boxes (F, 2, 4)`` and ``mouth_box (F, 4)``: pixel boxes (x0, y0, x1, y1) in the
-  aligned frame.
+  aligned frame;
+* ``landmarks (F, 70, 2)``: pixel (x, y) of the iBUG-68 points and the two iris centres in the
+  aligned frame (``render.landmarks``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Clip:
     emotion_intensity: np.ndarray
     eye_boxes: np.ndarray
     mouth_box: np.ndarray
+    landmarks: np.ndarray
     extra: dict = field(default_factory=dict)
 
     @property
@@ -73,7 +76,8 @@ class Clip:
         """Frames, audio, mel, boxes, ground truth and ``speaker``/``clip`` as one plain dict
         (the mapping form :func:`pdfgc.metrics.oracle.oracle_arrays_from_clips` reads)."""
         return {"frames": self.frames, "waveform": self.waveform, "mel": self.mel, "eye_boxes": self.eye_boxes,
-                "mouth_box": self.mouth_box, "speaker": self.speaker, "clip": self.clip, **self.ground_truth}
+                "mouth_box": self.mouth_box, "landmarks": self.landmarks, "speaker": self.speaker, "clip": self.clip,
+                **self.ground_truth}
 
 
 def draw_factors(seed: int, speaker: int, clip: int, num_frames: int) -> dict:
@@ -104,4 +108,5 @@ def render_clip(seed: int, speaker: int, clip: int, num_frames: int, image_size:
         emotion_intensity=f["emotion_intensity"].astype(np.float32),
         eye_boxes=rd.eye_boxes(ident, f["pose"], image_size),
         mouth_box=rd.mouth_box(ident, f["pose"], image_size),
+        landmarks=rd.landmarks(ident, f["pose"], f["gaze"], f["blink"], f["mouth_drawn"], f["effects"], image_size),
     )

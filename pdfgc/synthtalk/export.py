@@ -70,7 +70,8 @@ def write_processed_clip(root: Path, clip: Clip, split: str) -> dict:
             raise PdfgcError(f"could not encode frame {i} of {clip.name}")
         atomic_write_bytes(frames_dir / f"{i:04d}.jpg", buf.tobytes())
     write_wav(folder / "audio.wav", clip.waveform)
-    arrays = (("spectrograms.npy", clip.mel), ("pose.npy", clip.pose), ("eyes.npy", eye_state(clip.blink, clip.gaze)))
+    arrays = (("spectrograms.npy", clip.mel), ("pose.npy", clip.pose), ("eyes.npy", eye_state(clip.blink, clip.gaze)),
+              ("landmarks.npy", clip.landmarks[:, :68]))
     for name, array in arrays:
         with atomic_path(folder / name) as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.asarray(array, np.float32))
@@ -82,7 +83,7 @@ def write_processed_clip(root: Path, clip: Clip, split: str) -> dict:
         "speaker": f"{clip.speaker:04d}", "clip": clip.name, "split": split, "num_frames": clip.num_frames,
         "fps": 25, "duration": clip.num_frames / 25, "frames_dir": str(rel / "frames"),
         "audio": str(rel / "audio.wav"), "spectrogram": str(rel / "spectrograms.npy"), "pose": str(rel / "pose.npy"),
-        "eyes": str(rel / "eyes.npy"), "landmarks": None, "gt": str(rel / "gt.npz"), "flags": [],
+        "eyes": str(rel / "eyes.npy"), "landmarks": str(rel / "landmarks.npy"), "gt": str(rel / "gt.npz"), "flags": [],
     }
 
 

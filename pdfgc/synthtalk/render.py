@@ -80,6 +80,11 @@ def _seg(x, y, ax, ay, bx, by):
     return np.hypot(pax - bax * h, pay - bay * h), h
 
 
+def _float32(*arrays) -> list[np.ndarray]:
+    """The factor arrays as float32 numpy arrays."""
+    return [np.asarray(a, np.float32) for a in arrays]
+
+
 def _col(x) -> np.ndarray:
     """(B,) -> (B, 1, 1) float32 for broadcasting against (B, H, W)."""
     return np.asarray(x, np.float32).reshape(-1, 1, 1)
@@ -235,11 +240,7 @@ def render(ident: Identity, pose: np.ndarray, gaze: np.ndarray, blink: np.ndarra
     Work is confined to windows (the head's box, then one box per facial feature), since the
     per-pixel cost dominates.
     """
-    pose = np.asarray(pose, np.float32)
-    gaze = np.asarray(gaze, np.float32)
-    blink = np.asarray(blink, np.float32)
-    mouth = np.asarray(mouth, np.float32)
-    effects = np.asarray(effects, np.float32)
+    pose, gaze, blink, mouth, effects = _float32(pose, gaze, blink, mouth, effects)
     B = len(pose)
     f32 = np.float32
     R = rotation(pose)
@@ -423,23 +424,30 @@ def _nose(S: _Surface, ident: Identity, pose, size, s, cx, cy, ex) -> None:
         _over(S.alb, _aa(d) * np.clip(ex("nose_wrinkle") * 0.6, 0, 1), skin * 0.65)
 
 
+def _lip_lines(ident: Identity, sm, gap, ex):
+    """The mouth's four lines at positions ``sm`` along it (-1 left corner .. 1 right corner), as
+    v offsets from ``mouth_y``: upper outer, upper inner, lower inner, lower outer. ``gap`` is the
+    lip gap (head units) and ``ex(name)`` an emotion effect; all broadcast together."""
+    s2 = sm * sm
+    pp = np.clip(1.0 - s2, 0.0, 1.0) ** 0.7
+    line = s2 * (ex("corner_dy_left") * (1 - sm) * 0.5 + ex("corner_dy_right") * (1 + sm) * 0.5)
+    yui = line - 0.4 * gap * pp - ex("upper_lip_raise") * pp
+    yli = line + 0.6 * gap * pp
+    yuo = yui - ident.lip_top * (0.3 + 0.7 * pp) + 0.015 * np.exp(-(sm / 0.12) ** 2)
+    ylo = yli + ident.lip_bottom * (0.3 + 0.7 * pp)
+    return yuo, yui, yli, ylo
+
+
 def _mouth(S: _Surface, ident: Identity, mouth, ex) -> None:
     """Lips, interior, teeth and seam; the corners and the width carry the emotion."""
     skin = ident.skin
     u, v = S.u, S.v
     op, wd = _col(mouth[:, 0]), _col(mouth[:, 1])
     W = ident.mouth_w * (1.0 + MOUTH_WIDTH_GAIN * wd)
-    G = MOUTH_MAX_GAP * op
     um, vm = u - ex("mouth_shift"), v - ident.mouth_y
     sm = um / W
-    s2 = sm * sm
-    pp = np.clip(1.0 - s2, 0.0, 1.0) ** 0.7
-    line = s2 * (ex("corner_dy_left") * (1 - sm) * 0.5 + ex("corner_dy_right") * (1 + sm) * 0.5)
-    yui = line - 0.4 * G * pp - ex("upper_lip_raise") * pp
-    yli = line + 0.6 * G * pp
+    yuo, yui, yli, ylo = _lip_lines(ident, sm, MOUTH_MAX_GAP * op, ex)
     edge = np.abs(sm) - 1.0
-    yuo = yui - ident.lip_top * (0.3 + 0.7 * pp) + 0.015 * np.exp(-(sm / 0.12) ** 2)
-    ylo = yli + ident.lip_bottom * (0.3 + 0.7 * pp)
     # Nasolabial folds from the nose wings to beyond the mouth corners (happy, disgust).
     for sgn in (-1.0, 1.0):
         d1, _ = _seg(u, v, sgn * 0.16, ident.nose_y - 0.02, sgn * (W + 0.1), ident.mouth_y - 0.05)
@@ -453,3 +461,99 @@ def _mouth(S: _Surface, ident: Identity, mouth, ex) -> None:
     _over(S.alb, a_in * _aa(d_teeth), idm.TEETH)
     seam = np.maximum(np.abs(vm - 0.5 * (yui + yli)) - 0.011, edge * 0.1)
     _over(S.alb, _aa(seam) * 0.85, ident.lip * 0.5)
+
+
+# --- landmarks ----------------------------------------------------------------------------
+
+#: Points per face of :func:`landmarks`: the iBUG 68 plus the two iris centres (68: eye A,
+#: 69: eye B). SynthTalk's counterpart of the 68-point annotations a landmark FAN learns from.
+NUM_LANDMARKS = 70
+
+
+def _lip_points(ident: Identity, mouth: np.ndarray, effects: np.ndarray, sm: np.ndarray):
+    """Points on the mouth's lines at positions ``sm`` (P,): ``u`` and the four lines of
+    :func:`_lip_lines`, each ``(B, P)``."""
+    ex = lambda name: effect(effects, name)[:, None]  # noqa: E731
+    W = ident.mouth_w * (1.0 + MOUTH_WIDTH_GAIN * mouth[:, 1:2])
+    return (ex("mouth_shift") + sm * W, *_lip_lines(ident, sm, MOUTH_MAX_GAP * mouth[:, :1], ex))
+
+
+def landmarks(ident: Identity, pose: np.ndarray, gaze: np.ndarray, blink: np.ndarray,
+              mouth: np.ndarray, effects: np.ndarray, size: int) -> np.ndarray:
+    """Pixel positions ``(B, 70, 2)`` (x, y in the aligned frame, as :func:`project`) of the face's
+    iBUG-68 landmarks plus the two iris centres, taken from the same geometry :func:`render`
+    draws (arguments as there). Eye A (points 36-41, iris 68) is the image-left eye.
+
+    Jaw points lie on the jaw's outline on the head surface (a turned head hides part of it, as
+    annotators' contours do too); lids, lips and brows follow blink, gaze, speech and emotion.
+    """
+    pose, gaze, blink, mouth, effects = _float32(pose, gaze, blink, mouth, effects)
+    B = len(pose)
+    e = lambda name: effect(effects, name)[:, None]  # noqa: E731
+    u = np.zeros((B, NUM_LANDMARKS), np.float64)
+    v = np.zeros_like(u)
+    lift = np.zeros_like(u)  # out of the surface (nose)
+
+    # Jaw 0-16: image left, down to the chin (8), up the image right.
+    Bh = ident.head_b
+    vj = np.concatenate([np.linspace(ident.eye_y + 0.12, 0.97 * Bh, 9), np.linspace(0.97 * Bh, ident.eye_y + 0.12, 9)[1:]])
+    half = np.sqrt(np.maximum(1.0 - (vj / Bh) ** 2, 0.0)) * (
+        1.0 - ident.jaw_taper * np.clip((vj - ident.jaw_start) / (Bh - ident.jaw_start), 0, 1) ** 1.5)
+    u[:, :17] = half * np.r_[-np.ones(8), 0.0, np.ones(8)]
+    v[:, :17] = vj
+
+    # Brows 17-21 (image left, outer to inner) and 22-26 (image right, inner to outer).
+    top = ident.eye_y - ident.brow_gap
+    for sgn, idx in ((-1.0, [17, 18, 19, 20, 21]), (1.0, [26, 25, 24, 23, 22])):
+        inner = (sgn * (ident.eye_x - 0.16 - e("brow_inner_dx")), top + e("brow_inner_dy"))
+        outer = (sgn * (ident.eye_x + 0.21) + 0 * e("brow_inner_dy"), top + 0.03 + e("brow_outer_dy"))
+        mid = (sgn * (ident.eye_x + 0.03) + 0 * e("brow_inner_dy"),
+               top - ident.brow_arch + 0.5 * (e("brow_inner_dy") + e("brow_outer_dy")))
+        pts = [outer, ((outer[0] + mid[0]) / 2, (outer[1] + mid[1]) / 2), mid,
+               ((mid[0] + inner[0]) / 2, (mid[1] + inner[1]) / 2), inner]
+        for i, (pu, pv) in zip(idx, pts):
+            u[:, i], v[:, i] = pu[:, 0], pv[:, 0]
+
+    # Nose: bridge 27-30 (top to tip, the tip out of the surface), base 31-35.
+    tip_v = ident.nose_y - 0.06
+    for k, i in enumerate(range(27, 31)):
+        t = k / 3.0
+        v[:, i] = (ident.eye_y + 0.1) * (1 - t) + tip_v * t
+        lift[:, i] = 0.02 * (1 - t) + ident.nose_len * t
+    u[:, 31:36] = [-0.12, -0.06, 0.0, 0.06, 0.12]
+    v[:, 31:36] = ident.nose_y
+    lift[:, 33] = 0.3 * ident.nose_len
+
+    # Eyes 36-41 / 42-47 (corner, two upper-lid points, corner, two lower-lid points) and irises.
+    ht_all = ident.eye_top * (1.0 + e("eye_open"))
+    hb_all = ident.eye_bottom * (1.0 - e("lower_lid"))
+    for k, sgn, idx in ((0, -1.0, [36, 37, 38, 39, 40, 41]), (1, 1.0, [42, 43, 44, 45, 46, 47])):
+        ec = sgn * ident.eye_x
+        gx = EYEBALL_RADIUS * np.sin(gaze[:, 2 * k:2 * k + 1])
+        gy = EYEBALL_RADIUS * np.sin(gaze[:, 2 * k + 1:2 * k + 2])
+        ht = np.maximum(ht_all - 0.6 * gy, 0.02)
+        hb = np.maximum(hb_all + 0.4 * gy, 0.02)
+        bk = blink[:, k:k + 1]
+        ue = ident.eye_w * np.array([-1.0, -1 / 3, 1 / 3, 1.0, 1 / 3, -1 / 3])
+        prof = 1.0 - np.abs(ue / ident.eye_w) ** 2.6
+        upper = (-ht + bk * (ht + hb + 0.012)) * prof
+        ve = np.concatenate([upper[:, :3], np.zeros((B, 1)), (hb * prof)[:, 4:]], 1)
+        ve[:, 0] = 0.0
+        u[:, idx] = ec + ue
+        v[:, idx] = ident.eye_y + ve
+        u[:, 68 + k] = ec + gx[:, 0]
+        v[:, 68 + k] = ident.eye_y + gy[:, 0]
+
+    # Lips: outer 48-59 (left corner, upper lip, right corner, lower lip back), inner 60-67.
+    sm_outer = np.array([-1.0, -0.6, -0.25, 0.0, 0.25, 0.6, 1.0, 0.6, 0.25, 0.0, -0.25, -0.6])
+    uo, yuo, _, _, ylo = _lip_points(ident, mouth, effects, sm_outer)
+    u[:, 48:60] = uo
+    v[:, 48:60] = ident.mouth_y + np.concatenate([yuo[:, :7], ylo[:, 7:]], 1)
+    v[:, 48], v[:, 54] = ident.mouth_y + 0.5 * (yuo[:, 0] + ylo[:, 0]), ident.mouth_y + 0.5 * (yuo[:, 6] + ylo[:, 6])
+    sm_inner = np.array([-1.0, -0.4, 0.0, 0.4, 1.0, 0.4, 0.0, -0.4])
+    ui, _, yui, yli, _ = _lip_points(ident, mouth, effects, sm_inner)
+    u[:, 60:68] = ui
+    v[:, 60:68] = ident.mouth_y + np.concatenate([yui[:, :5], yli[:, 5:]], 1)
+
+    w = surface_w(ident, u, v) + lift
+    return project(ident, pose, np.stack([u, v, w], -1), size).astype(np.float32)

@@ -28,7 +28,7 @@ from pdfgc.synthtalk.clips import Clip, render_clip
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
-CACHE_VERSION = 5  # bump when rendering changes, so stale caches are not reused
+CACHE_VERSION = 6  # bump when rendering changes, so stale caches are not reused
 
 
 @dataclass(frozen=True)
@@ -91,17 +91,25 @@ def crop_boxes(boxes: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def crop_points(points: np.ndarray, size: int) -> np.ndarray:
+    """Map pixel points (..., 2) (x, y) of the aligned ``size`` frame into the officially cropped frame."""
+    from pdfgc.video import crop_points as crop
+
+    return crop(points, (size, size), size)
+
+
 class ClipPool:
     """All clips of one split as stacked arrays (C clips, F frames each).
 
     ``images (C, F, S, S, 3)`` uint8 after the official crop, ``windows (C, F, 1, 80, 20)``
     float32 (``frame_windows``), ground truth ``(C, F, ...)``, ``emotion (C,)``,
-    ``eye_boxes (C, F, 2, 4)`` and ``mouth_box (C, F, 4)`` in cropped-frame pixels,
+    ``eye_boxes (C, F, 2, 4)``, ``mouth_box (C, F, 4)`` and ``landmarks (C, F, 70, 2)`` in
+    cropped-frame pixels,
     ``speakers``/``clips (C,)``.
     """
 
     ARRAYS = ("images", "windows", "pose", "gaze", "blink", "mouth", "mouth_drawn", "emotion_intensity",
-              "emotion", "eye_boxes", "mouth_box", "speakers", "clips")
+              "emotion", "eye_boxes", "mouth_box", "landmarks", "speakers", "clips")
 
     def __init__(self, arrays: dict[str, np.ndarray]):
         missing = [k for k in self.ARRAYS if k not in arrays]
@@ -134,6 +142,7 @@ class ClipPool:
             "emotion": np.array([c.emotion for c in clips], np.int64),
             "eye_boxes": np.stack([crop_boxes(c.eye_boxes, image_size) for c in clips]),
             "mouth_box": np.stack([crop_boxes(c.mouth_box, image_size) for c in clips]),
+            "landmarks": np.stack([crop_points(c.landmarks, image_size) for c in clips]),
             "speakers": np.array([c.speaker for c in clips], np.int64),
             "clips": np.array([c.clip for c in clips], np.int64),
         }
