@@ -105,6 +105,29 @@ def test_hourglass_handles_non_doubling_sizes():
 
 # -- small config -----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("channels,stride", [(1, 2), (8, 2), (2, 1)])
+def test_fan_bottleneck_width_and_stem_stride(channels, stride):
+    from pdfgc.networks.fan import FAN
+
+    fan = FAN(width=32, hourglass_depth=2, image_size=64, num_landmarks=70, bottleneck_channels=channels,
+              stem_stride=stride)
+    heat = 64 // (2 * stride)  # conv1 (stride) and the max-pool; conv6 then halves the maps
+    assert fan.heatmaps(torch.randn(2, 3, 64, 64)).shape == (2, 70, heat, heat)
+    assert fan.fc.in_features == channels * (heat // 2) ** 2
+    assert fan(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+
+
+def test_fan_bottleneck_starts_alive():
+    """A from-scratch f_mot must not start dead: the ReLU after conv6 passes most of the map."""
+    from pdfgc.networks.fan import FAN
+
+    torch.manual_seed(0)
+    fan = FAN(width=32, hourglass_depth=2, image_size=64, bottleneck_channels=8).eval()
+    with torch.no_grad():
+        bottleneck = fan.conv6(F.relu(fan.bn5(fan.heatmaps(torch.rand(8, 3, 64, 64) * 2 - 1))))
+    assert (bottleneck > 0).float().mean() > 0.9
+
+
 def test_small_forward_shapes(small):
     small.eval()
     img = torch.rand(3, 3, 64, 64) * 2 - 1

@@ -88,6 +88,9 @@ class HourGlass(nn.Module):
         return self._level(self.depth, x)
 
 
+BOTTLENECK_BIAS_INIT = 0.5
+
+
 class FAN(nn.Module):
     """FAN backbone -> unified motion feature: ``(B, 3, S, S) in [-1, 1] -> (B, out_dim)``.
 
@@ -95,15 +98,19 @@ class FAN(nn.Module):
     (width/2) -> conv4 (width) -> hourglass ``m0`` -> ``top_m_0`` -> ``conv_last0`` -> ``bn_end0``
     -> ReLU -> ``l0`` (``num_landmarks`` heatmaps at S/4) -> ``bn5`` -> ReLU -> ``conv6`` 3x3 s2 to 1
     channel (S/8) -> flatten -> ReLU -> ``fc`` -> ``out_dim``. Official: width 256, S 224.
+
+    Small configurations may widen the bottleneck (``bottleneck_channels`` conv6 outputs instead
+    of 1) and change conv1's stride (``stem_stride``, official 2; the maps are then S/(2*stride)).
     """
 
     def __init__(self, width: int = 256, hourglass_depth: int = 4, image_size: int = 224,
-                 num_landmarks: int = 68, out_dim: int = 512, dropout: float = 0.5):
+                 num_landmarks: int = 68, out_dim: int = 512, dropout: float = 0.5,
+                 bottleneck_channels: int = 1, stem_stride: int = 2):
         super().__init__()
         if width % 16:
             raise ValueError(f"FAN: width {width} must be divisible by 16")
         self.image_size = image_size
-        self.conv1 = nn.Conv2d(3, width // 4, kernel_size=7, stride=2, padding=3)
+        self.conv1 = nn.Conv2d(3, width // 4, kernel_size=7, stride=stem_stride, padding=3)
         self.bn1 = nn.BatchNorm2d(width // 4)
         self.conv2 = ConvBlock(width // 4, width // 2)
         self.conv3 = ConvBlock(width // 2, width // 2)
@@ -113,11 +120,15 @@ class FAN(nn.Module):
         self.conv_last0 = nn.Conv2d(width, width, kernel_size=1)
         self.l0 = nn.Conv2d(width, num_landmarks, kernel_size=1)
         self.bn_end0 = nn.BatchNorm2d(width)
-        self.conv6 = nn.Conv2d(num_landmarks, 1, kernel_size=3, stride=2, padding=1)
-        side = ((image_size - 1) // 2 + 1) // 2  # after conv1 (s2) and the max-pool
+        self.conv6 = nn.Conv2d(num_landmarks, bottleneck_channels, kernel_size=3, stride=2, padding=1)
+        side = ((image_size - 1) // stem_stride + 1) // 2  # after conv1 and the max-pool
         side = (side - 1) // 2 + 1  # after conv6 (s2)
-        self.fc = nn.Linear(side * side, out_dim)
+        self.fc = nn.Linear(bottleneck_channels * side * side, out_dim)
         self.bn5 = nn.BatchNorm2d(num_landmarks)
+        # The bottleneck map goes through a ReLU before fc: from torch's default init about half
+        # of it starts below zero, and early training drives the rest there too (a constant f_mot
+        # that no loss can revive). Starting it positive keeps it alive; loaded weights replace it.
+        nn.init.constant_(self.conv6.bias, BOTTLENECK_BIAS_INIT)
 
     def heatmaps(self, x: torch.Tensor) -> torch.Tensor:
         """Landmark heatmaps ``(B, num_landmarks, S/4, S/4)`` (raw ``l0`` output)."""

@@ -35,10 +35,12 @@ class MotionEncoder(nn.Module):
                  num_landmarks: int = 68, dropout: float = 0.5,
                  feature_dim: int = UNIFIED_MOTION_DIM, pose_dim: int = POSE_DIM,
                  eye_dim: int = EYE_DIM, emotion_dim: int = EMOTION_DIM,
-                 mouth_dim: int = MOUTH_DIM):
+                 mouth_dim: int = MOUTH_DIM, bottleneck_channels: int = 1,
+                 stem_stride: int = 2):
         super().__init__()
         self.image_size = image_size
-        self.model = FAN(width, hourglass_depth, image_size, num_landmarks, feature_dim, dropout)
+        self.model = FAN(width, hourglass_depth, image_size, num_landmarks, feature_dim, dropout,
+                         bottleneck_channels, stem_stride)
         # Registration order = the release's key order.
         self.to_mouth = _head(feature_dim)
         self.mouth_embed = _embed(feature_dim, mouth_dim)
