@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pdfgc import audio as audio_fe
-from pdfgc.video import IMAGE_EXTENSIONS, _natural_key, official_crop
+from pdfgc.video import IMAGE_EXTENSIONS, _natural_key, crop_points, official_crop
 
 EAR_POINTS = ((36, 37, 38, 39, 40, 41), (42, 43, 44, 45, 46, 47))  # iBUG-68 eye contours (eye A, eye B)
 OPEN_EYE_PERCENTILE = 90  # a clip's "open eye" level: eyes are open most of the time
@@ -109,6 +109,42 @@ class ClipReader:
             raise CorruptClip(f"{what} of shape {array.shape}, expected ({self.num_frames}, {width}): {path}")
         return array
 
+    def _landmarks(self) -> np.ndarray | None:
+        """``(F, 68, 2)`` landmarks of the stored (aligned) frames, or None without a file."""
+        path = self.record.landmarks
+        if path is None:
+            return None
+        try:
+            landmarks = np.asarray(np.load(path), np.float32)
+        except (OSError, ValueError, EOFError) as exc:
+            raise CorruptClip(f"landmarks unreadable ({type(exc).__name__}): {path}") from None
+        if landmarks.shape != (self.num_frames, 68, 2):
+            raise CorruptClip(f"landmarks of shape {landmarks.shape}, expected ({self.num_frames}, 68, 2)")
+        return landmarks
+
+    def landmarks_at(self, frames, frame_hw: tuple[int, int]) -> np.ndarray:
+        """Landmark targets of ``frames`` in the network input (after the official crop).
+
+        Returns ``(N, 70, 2)`` float32 pixel (x, y): the iBUG 68 points, then the iris centres
+        of eye A and eye B from ``eyes.npy`` (NaN where it has none), as SynthTalk's 70 points.
+        ``frame_hw`` is the stored frames' ``(H, W)``. Raises :class:`CorruptClip` without a
+        landmarks file.
+        """
+        landmarks = self._landmarks()
+        if landmarks is None:
+            raise CorruptClip(f"no landmarks.npy for {self.record.clip}")
+        lm = landmarks[np.asarray(frames, int)].astype(np.float64)
+        iris = np.full((len(lm), 2, 2), np.nan)
+        if self.eyes is not None and self.record.eyes is not None:
+            offsets = self.eyes[np.asarray(frames, int), 2:].reshape(-1, 2, 2)
+            for e, idx in enumerate((slice(36, 42), slice(42, 48))):
+                pts = lm[:, idx]
+                axis = pts[:, 3] - pts[:, 0]  # image-left corner -> image-right corner: one eye width
+                normal = np.stack([-axis[:, 1], axis[:, 0]], -1)  # the same length, pointing down
+                iris[:, e] = pts.mean(1) + offsets[:, e, :1] * axis + offsets[:, e, 1:] * normal
+        points = np.concatenate([lm, iris], axis=1)
+        return crop_points(points, frame_hw, self.image_size)
+
     def _eye_state(self) -> np.ndarray | None:
         """``(F, 6)`` = [openness A, openness B, iris A x, y, iris B x, y] (NaN iris when unknown)."""
         record = self.record
@@ -116,13 +152,7 @@ class ClipReader:
             raw = self._labels(record.eyes, "eyes", 6)
             ear, iris = raw[:, :2], raw[:, 2:]
         elif record.landmarks is not None:
-            try:
-                landmarks = np.load(record.landmarks)
-            except (OSError, ValueError, EOFError) as exc:
-                raise CorruptClip(f"landmarks unreadable ({type(exc).__name__}): {record.landmarks}") from None
-            if landmarks.shape != (self.num_frames, 68, 2):
-                raise CorruptClip(f"landmarks of shape {landmarks.shape}, expected ({self.num_frames}, 68, 2)")
-            ear, iris = eye_aspect_ratio(landmarks), np.full((self.num_frames, 4), np.nan, np.float32)
+            ear, iris = eye_aspect_ratio(self._landmarks()), np.full((self.num_frames, 4), np.nan, np.float32)
         else:
             return None
         return np.concatenate([eye_openness(ear), iris], axis=1)

@@ -22,7 +22,7 @@ from pdfgc.synthtalk.world import ClipPool, WorldConfig, load_or_render_pool
 
 log = logging.getLogger(__name__)
 
-MODES = ("reconstruction", "fine_motion", "emotion")
+MODES = ("reconstruction", "fine_motion", "emotion", "landmarks")
 
 
 def to_image(u8: np.ndarray) -> torch.Tensor:
@@ -92,7 +92,11 @@ class SynthTalkDataset(Dataset):
         c = int(rng.integers(len(p)))
         F = p.num_frames
         sample = {"speaker": torch.tensor(int(p.speakers[c])), "clip": p.name(c)}
-        if self.mode == "reconstruction":
+        if self.mode == "landmarks":
+            t = int(rng.integers(F))
+            sample.update(image=to_image(p.images[c, t]), landmarks=torch.from_numpy(p.landmarks[c, t]))
+            sample.update(self.ground_truth(c, t))
+        elif self.mode == "reconstruction":
             src, drv = rng.choice(F, 2, replace=False)
             sample.update(source=to_image(p.images[c, src]), driver=to_image(p.images[c, drv]))
             sample.update(self.ground_truth(c, drv))

@@ -28,10 +28,11 @@ from datamodules.resumable import ResumableLoader
 from pdfgc.distributed import per_device_batch_size
 from pdfgc.errors import PdfgcError
 from pdfgc.losses.masks import EYE_STRIP, paste_strip
+from pdfgc.video import official_crop
 
 log = logging.getLogger(__name__)
 
-MODES = ("reconstruction", "fine_motion", "emotion")
+MODES = ("reconstruction", "fine_motion", "emotion", "landmarks")
 READER_CACHE = 512  # clip readers kept per worker (a reader holds the mel and labels: ~100 KB)
 
 
@@ -141,7 +142,12 @@ class VoxCeleb2Dataset(Dataset):
         reader = self.reader(c)
         record, F = self.records[c], reader.num_frames
         sample = {"speaker": torch.tensor(self.speaker_ids[record.speaker], dtype=torch.int64), "clip": record.clip}
-        if self.mode == "reconstruction":
+        if self.mode == "landmarks":
+            t = int(rng.integers(F))
+            frame = reader.image(t)
+            sample.update(image=official_crop(frame, self.image_size),
+                          landmarks=torch.from_numpy(reader.landmarks_at([t], frame.shape[:2])[0]))
+        elif self.mode == "reconstruction":
             src, drv = rng.choice(F, 2, replace=False)
             images = reader.images([src, drv])
             sample.update(source=images[0], driver=images[1])
@@ -252,12 +258,16 @@ class VoxCeleb2DataModule(pl.LightningDataModule):
         need = self.min_frames()
         short = [r for r in records if r.num_frames < need]
         no_pose = [r for r in records if r.pose is None] if self.mode == "fine_motion" else []
+        no_landmarks = [r for r in records if r.landmarks is None] if self.mode == "landmarks" else []
         if short:
             log.warning("%d clips shorter than the %d frames %s sampling needs are left out", len(short), need, self.mode)
         if no_pose:
             log.warning("%d clips without pose.npy are left out of fine_motion (pose labels; run preprocess.py)",
                         len(no_pose))
-        left_out = {id(r) for r in short + no_pose}
+        if no_landmarks:
+            log.warning("%d clips without landmarks.npy are left out of landmark pre-training (run preprocess.py)",
+                        len(no_landmarks))
+        left_out = {id(r) for r in short + no_pose + no_landmarks}
         return [r for r in records if id(r) not in left_out]
 
     def setup(self, stage: str | None = None) -> None:

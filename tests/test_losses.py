@@ -423,3 +423,42 @@ def test_paste_strip():
     soft = paste_strip(base[None], donor[None], box, feather=4)
     assert soft.shape == (1, 3, 64, 64)
     assert 0 < soft[0, 0, 16, 32].item() < 1 and soft[0, 0, 24, 32].item() == 1
+
+
+# --- landmark heatmaps (stage 0, landmarks) ------------------------------------------------
+
+def test_heatmap_targets_peak_at_the_point_and_nan_points_are_empty():
+    from pdfgc.losses.heatmaps import landmark_heatmaps
+
+    # 64 px image, 16x16 maps (4 px cells): pixel (18, 42) is the centre of cell (row 10, col 4).
+    points = torch.tensor([[[18.0, 42.0], [float("nan"), float("nan")]]])
+    maps = landmark_heatmaps(points, map_size=16, image_size=64, sigma=1.0)
+    assert maps.shape == (1, 2, 16, 16)
+    assert maps[0, 0].argmax().item() == 10 * 16 + 4 and maps[0, 0, 10, 4].item() == pytest.approx(1.0)
+    assert maps[0, 0, 10, 5].item() == pytest.approx(math.exp(-0.5), rel=1e-5), "one cell away = one sigma"
+    assert maps[0, 1].abs().sum().item() == 0.0
+
+
+def test_heatmap_loss_is_zero_at_the_target_and_ignores_missing_points():
+    from pdfgc.losses.heatmaps import heatmap_loss, landmark_heatmaps
+
+    points = torch.tensor([[[20.0, 30.0], [40.0, 12.0], [33.0, 33.0]]])
+    target = landmark_heatmaps(points, 16, 64)
+    assert heatmap_loss(target[:, :2], points, 64).item() == pytest.approx(0.0, abs=1e-12), \
+        "a 2-map network learns from 3-point data"
+    wrong = target.clone()
+    wrong[:, 1] = 0.0
+    missing = points.clone()
+    missing[0, 1] = float("nan")
+    assert heatmap_loss(wrong, points, 64).item() > 0.0
+    assert heatmap_loss(wrong, missing, 64).item() == pytest.approx(0.0, abs=1e-12), "no target, no loss"
+    with pytest.raises(ValueError, match="points"):
+        heatmap_loss(target, points[:, :2], 64)
+
+
+def test_heatmap_peaks_read_sub_cell_positions():
+    from pdfgc.losses.heatmaps import heatmap_peaks, landmark_heatmaps
+
+    points = torch.tensor([[[10.3, 50.9], [31.7, 8.2], [47.5, 47.5]]])
+    found = heatmap_peaks(landmark_heatmaps(points, 16, 64), 64)
+    assert (found - points).abs().max().item() < 0.2, "within 0.2 px from Gaussian maps of 4 px cells"

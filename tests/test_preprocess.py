@@ -179,17 +179,25 @@ def test_the_datamodule_reads_the_output_in_every_mode(processed, mode):
         "train": ["id00001"], "val": ["id00002"], "test": ["id00002"]}
     for split in ("train", "val"):
         batch = next(iter(DataLoader(dm.dataset(split, 4), batch_size=2)))
-        images = batch["source"] if mode == "reconstruction" else batch["frames"]
+        images = {"reconstruction": batch.get("source"), "landmarks": batch.get("image")}.get(mode, batch.get("frames"))
         assert images.shape[-3:] == (3, 64, 64) and images.dtype == torch.float32
         assert -1.0 <= images.min() and images.max() <= 1.0 and images.std() > 0.1
-        if mode != "reconstruction":
+        if mode == "landmarks":  # landmarks.npy through the crop: the eyes where the template puts them
+            points = batch["landmarks"]
+            assert points.shape == (2, 70, 2) and torch.isfinite(points[:, :68]).all()
+            from pdfgc.faces import ALIGN_TEMPLATE_224
+            from pdfgc.video import crop_points
+            template = torch.from_numpy(crop_points(np.asarray(ALIGN_TEMPLATE_224[:2], np.float32), (224, 224), 64))
+            eyes = torch.stack([points[:, 36:42].mean(1), points[:, 42:48].mean(1)], 1)
+            assert (eyes - template).norm(dim=-1).max() < 3.0
+        elif mode != "reconstruction":
             assert batch["mels"].shape[-2:] == (80, 20) and batch["mels"].abs().sum() > 0
         if mode == "fine_motion":
             assert batch["pose"].shape == (2, 5, 6) and torch.isfinite(batch["pose"]).all()
             assert batch["eye_open"].shape == (2, 2)
 
 
-@pytest.mark.parametrize("stage", ["stage1", "stage2", "stage3"])
+@pytest.mark.parametrize("stage", ["stage0_landmarks", "stage1", "stage2", "stage3"])
 def test_the_output_feeds_a_training_step_of_each_stage(processed, stage, tmp_path):
     out, _ = processed
     overrides = [f"data.root={out}", "networks=small", "trainer=cpu", "data.batch_size=2", "data.val_samples=2",

@@ -75,6 +75,7 @@ def test_every_experiment_runs_one_fast_dev_run_step(experiment, tmp_path, world
 
 
 @pytest.mark.parametrize("experiment,key,steps", [
+    ("synthtalk/stage0_landmarks", "train/loss", 40),
     ("synthtalk/stage1", "train/l1", 60),
     ("synthtalk/stage2", "train/total", 30),
     ("synthtalk/stage3", "train/l1", 60),
@@ -96,6 +97,30 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def changed(before: dict, module: torch.nn.Module, prefix: str = "") -> list[str]:
     return [k for k, v in module.state_dict().items()
             if k.startswith(prefix) and v.dtype.is_floating_point and not torch.equal(before[k], v)]
+
+
+def test_landmark_stage_trains_the_heatmap_path_only(tmp_path, world_cache):
+    cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache)], tmp_path)
+    datamodule, model = build(cfg)
+    motion = snapshot(model.motion)
+    fit(cfg, model, datamodule, 3)
+    for part in ("model.conv1.", "model.m0.", "model.l0."):
+        assert changed(motion, model.motion, part), f"{part} trains"
+    untouched = [k for k in changed(motion, model.motion) if not k.startswith("model.")
+                 or k.startswith(("model.bn5.", "model.conv6.", "model.fc."))]
+    assert untouched == [], f"parts after the heatmaps changed: {untouched[:3]}"
+
+
+def test_stage1_initialises_e_mot_from_the_landmark_export(tmp_path, world_cache):
+    s0 = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache), "trainer.max_steps=2",
+                        "trainer.val_check_interval=100"], tmp_path / "s0")
+    export0 = Path(train_stage(s0)["export_dir"])
+    assert (export0 / "motion_model.pth").exists() and not (export0 / "appearance_model.pth").exists()
+    s1 = compose_train(["experiment=synthtalk/stage1", *tiny(world_cache)], tmp_path / "s1")
+    _, stage1 = build(s1)
+    assert stage1.init_from_export(export0) == ["motion"]
+    saved = torch.load(export0 / "motion_model.pth", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in stage1.motion.state_dict().items())
 
 
 def test_stage2_trains_heads_and_audio_but_not_the_motion_backbone(tmp_path, world_cache):

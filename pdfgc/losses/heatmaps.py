@@ -1,0 +1,83 @@
+"""Landmark heatmaps: the targets and the loss of E_mot's FAN pre-training (stage 0, landmarks).
+
+E_mot's backbone is FAN, a landmark network: its ``l0`` layer outputs one heatmap per landmark.
+As in FAN's own training, the target of landmark p is a Gaussian centred on its position; the
+loss is the mean squared error over the maps. Points are pixel (x, y) of the network input
+(pixel centres at +0.5, as OpenCV and :func:`pdfgc.synthtalk.render.project`); a NaN point (no
+face, no iris found) contributes nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["landmark_heatmaps", "heatmap_loss", "heatmap_peaks"]
+
+
+def _cell_centres(map_size: int, image_size: int, device, dtype) -> torch.Tensor:
+    """Pixel position of each heatmap cell's centre, ``(map_size,)``."""
+    stride = image_size / map_size
+    return (torch.arange(map_size, device=device, dtype=dtype) + 0.5) * stride
+
+
+def landmark_heatmaps(points: torch.Tensor, map_size: int, image_size: int, sigma: float = 1.0) -> torch.Tensor:
+    """Gaussian target maps.
+
+    Args:
+        points: ``(B, P, 2)`` pixel (x, y) in an ``image_size`` image; NaN rows allowed.
+        map_size: side of the heatmaps (S/4 for FAN).
+        sigma: the Gaussian's standard deviation in heatmap cells.
+    Returns:
+        ``(B, P, map_size, map_size)`` in [0, 1], peak 1 at the point; all zero for NaN points.
+    """
+    points = points.float()
+    g = _cell_centres(map_size, image_size, points.device, points.dtype)
+    stride = image_size / map_size
+    dx = (g.view(1, 1, -1) - points[..., 0:1]) / stride  # (B, P, W)
+    dy = (g.view(1, 1, -1) - points[..., 1:2]) / stride  # (B, P, H)
+    maps = torch.exp(-(dy.unsqueeze(-1) ** 2 + dx.unsqueeze(-2) ** 2) / (2.0 * sigma ** 2))
+    return torch.nan_to_num(maps, nan=0.0)
+
+
+def heatmap_loss(heatmaps: torch.Tensor, points: torch.Tensor, image_size: int, sigma: float = 1.0) -> torch.Tensor:
+    """Mean squared error between predicted maps and Gaussian targets over the valid points.
+
+    Args:
+        heatmaps: ``(B, P, h, h)`` raw ``l0`` output.
+        points: ``(B, Q, 2)`` pixel (x, y) with Q >= P; only the first P are used (a 68-point
+            network learns from 70-point data by ignoring the iris centres). NaN = no target.
+    Returns:
+        scalar: the mean over valid (sample, point) maps of the per-map mean squared error.
+    """
+    b, p, h, w = heatmaps.shape
+    if points.shape[1] < p:
+        raise ValueError(f"heatmap_loss: {p} heatmaps but only {points.shape[1]} points per sample")
+    points = points[:, :p]
+    valid = torch.isfinite(points).all(-1)  # (B, P)
+    target = landmark_heatmaps(points, h, image_size, sigma).to(heatmaps.dtype)
+    per_map = ((heatmaps - target) ** 2).mean(dim=(-1, -2))
+    weight = valid.to(per_map.dtype)
+    return (per_map * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def heatmap_peaks(heatmaps: torch.Tensor, image_size: int, radius: int = 2) -> torch.Tensor:
+    """Landmark positions read from maps: ``(B, P, h, h) -> (B, P, 2)`` pixel (x, y).
+
+    The arg-max cell, refined by the mean of the cell centres within ``radius`` cells weighted
+    by the (non-negative part of the) map there: sub-cell positions, robust to far-away noise.
+    Within ~1 cell of the border the window is cut and the reading is pulled inward.
+    """
+    b, p, h, w = heatmaps.shape
+    maps = heatmaps.float().clamp(min=0).flatten(0, 1)  # (BP, h, w)
+    flat = maps.flatten(1).argmax(1)
+    row, col = flat // w, flat % w
+    offsets = torch.arange(-radius, radius + 1, device=maps.device)
+    rows, cols = row[:, None] + offsets, col[:, None] + offsets  # (BP, k)
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    window = maps[torch.arange(len(maps), device=maps.device)[:, None, None],
+                  rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]] * inside
+    weight = window / window.sum(dim=(1, 2), keepdim=True).clamp(min=1e-12)
+    stride = image_size / h
+    y = ((rows.float() + 0.5) * stride)[:, :, None].mul(weight).sum(dim=(1, 2))
+    x = ((cols.float() + 0.5) * stride)[:, None, :].mul(weight).sum(dim=(1, 2))
+    return torch.stack([x, y], dim=-1).view(b, p, 2)

@@ -1,0 +1,89 @@
+"""Optional stage 0: landmark pre-training of E_mot's FAN backbone.
+
+E_mot is a FAN (Bulat & Tzimiropoulos) cut after its first hourglass: the release's motion
+checkpoint names its layers exactly as face-alignment's 2D-FAN does (``conv1`` … ``m0`` …
+``l0``), so the backbone starts from a landmark network, whose heatmaps already locate lids,
+lips, brows and the jaw. This stage gives a from-scratch E_mot that start: the ``l0`` maps
+regress Gaussian heatmaps of the data's landmarks (iBUG 68, plus the two iris centres when the
+network has 70 maps), as FAN is trained. Stage 1 then initialises from this export.
+
+Only the path to ``l0`` trains; the bottleneck (``bn5``, ``conv6``, ``fc``) and the heads have no
+gradient here and are frozen so that DDP never waits for them.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from pdfgc.losses.heatmaps import heatmap_loss, heatmap_peaks, landmark_heatmaps
+from pdfgc.stages.base import StageModule, freeze
+
+#: E_mot parts after the landmark heatmaps: not trained by this stage
+NOT_ON_HEATMAP_PATH = ("bn5", "conv6", "fc")
+
+
+class LandmarkStage(StageModule):
+    """Stage 0 (landmarks) LightningModule: trains E_mot's FAN up to its heatmaps.
+
+    Batch (``mode=landmarks``): ``image`` (B, 3, S, S) in [-1, 1], ``landmarks`` (B, Q, 2)
+    pixel (x, y) in the network input (NaN where unknown), Q >= the network's heatmap count.
+    """
+
+    slots = ("motion",)
+    stage_name = "stage0_landmarks"
+
+    def __init__(self, networks: Mapping, optimizer: Mapping, sigma: float = 1.0) -> None:
+        super().__init__(networks, optimizer)
+        self.save_hyperparameters()
+        self.motion = self.build("motion")
+        self.sigma = float(sigma)
+        freeze(self.motion)
+        for name, child in self.motion.model.named_children():
+            if name not in NOT_ON_HEATMAP_PATH:
+                child.requires_grad_(True)
+
+    def keep_frozen_in_eval(self) -> None:
+        for name, child in self.motion.named_children():
+            child.train(name == "model")
+        for name in NOT_ON_HEATMAP_PATH:
+            getattr(self.motion.model, name).eval()
+
+    def step(self, batch) -> dict[str, torch.Tensor]:
+        heatmaps = self.motion.model.heatmaps(batch["image"])
+        points = batch["landmarks"][:, :heatmaps.shape[1]]
+        loss = heatmap_loss(heatmaps, points, self.image_size, self.sigma)
+        with torch.no_grad():
+            error = (heatmap_peaks(heatmaps, self.image_size) - points).norm(dim=-1)
+            error = error[torch.isfinite(error)]
+        return {"loss": loss, "error_px": error.median() if error.numel() else torch.zeros(())}
+
+    def training_step(self, batch, batch_idx):
+        terms = self.step(batch)
+        self.log("train/loss", terms["loss"], prog_bar=True)
+        self.log("train/error_px", terms["error_px"])
+        return terms["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        terms = self.step(batch)
+        self.log("val/loss", terms["loss"], sync_dist=True)
+        self.log("val/error_px", terms["error_px"], prog_bar=True, sync_dist=True)
+
+    def sample_rows(self, batch) -> dict[str, torch.Tensor]:
+        """Rows of the sample grid: the image, the target maps and the predicted maps (max over
+        landmarks, upsampled to the image, as grey images in [-1, 1])."""
+        image = batch["image"]
+        heatmaps = self.motion.model.heatmaps(image)
+        points = batch["landmarks"][:, :heatmaps.shape[1]]
+        target = landmark_heatmaps(points, heatmaps.shape[-1], self.image_size, self.sigma)
+
+        def as_image(maps: torch.Tensor) -> torch.Tensor:
+            peak = maps.amax(1, keepdim=True).clamp(0, 1)
+            peak = torch.nn.functional.interpolate(peak, size=image.shape[-2:], mode="nearest")
+            return (peak * 2 - 1).expand(-1, 3, -1, -1)
+
+        return {"image": image, "target_heatmaps": as_image(target), "heatmaps": as_image(heatmaps)}
+
+    def configure_optimizers(self):
+        return self.adam({"motion": self.motion.parameters()})
