@@ -310,7 +310,7 @@ def test_checkpoint_list_puts_the_requested_then_the_demo_export_first(assets, m
 
 
 def test_example_inputs_are_synthtalk_clips_made_once(tmp_path):
-    from pdfgc.app.examples import example_inputs
+    from pdfgc.app.examples import EXAMPLES_VERSION, example_inputs
     from pdfgc.video import probe, read_image
 
     made = example_inputs(tmp_path)
@@ -322,7 +322,7 @@ def test_example_inputs_are_synthtalk_clips_made_once(tmp_path):
     assert len({made.pose.read_bytes(), made.expression.read_bytes(), made.eye.read_bytes()}) == 3
     stamp = made.portrait.stat().st_mtime_ns
     assert example_inputs(tmp_path) == made and made.portrait.stat().st_mtime_ns == stamp  # reused
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["examples-v1"]  # no temporary left over
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"examples-v{EXAMPLES_VERSION}"]  # no temporary left over
 
 
 def test_command_line(tmp_path, monkeypatch, capsys):

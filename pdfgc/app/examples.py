@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Optional
 
 from pdfgc.checkpoints import OFFICIAL_FILES
+# The examples are held-out speakers of the demo world (ids from pdfgc.demo.TRAIN_SPEAKERS on).
+from pdfgc.demo import TRAIN_SPEAKERS as DEMO_TRAIN_SPEAKERS
 
 #: Bump when the example inputs change, so that an old cache is rebuilt instead of reused.
-EXAMPLES_VERSION = 1
+EXAMPLES_VERSION = 2
 #: Seed of the random-weights checkpoint (fixed: the same "untrained" output on every machine).
 RANDOM_WEIGHTS_SEED = 0
-#: Held-out speaker ids of the demo world (``pdfgc.demo.WORLD`` trains speakers 0..119).
-DEMO_TRAIN_SPEAKERS = 120
 
 
 @dataclass(frozen=True)

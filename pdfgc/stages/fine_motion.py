@@ -45,10 +45,17 @@ class FineMotionStage(StageModule):
         lip_temperature: float = 0.1,
         lip_similarity: str = "cosine",
         eye_temperature: float = 0.1,
+        pose_scale: tuple[float, ...] | None = None,
     ) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
         self.loss_weights = dict(loss_weights)
+        # The six pose labels differ in scale by 10x (yaw ~0.3 rad, tx ~0.03 of the side): the L1
+        # is taken on label / scale so that every dimension counts, the head still outputs labels.
+        scale = torch.ones(6) if pose_scale is None else torch.as_tensor(list(pose_scale), dtype=torch.float32)
+        if scale.shape != (6,) or bool((scale <= 0).any()):
+            raise ValueError(f"pose_scale must be 6 positive numbers, got {list(scale.tolist())}")
+        self.register_buffer("pose_scale", scale, persistent=False)
         self.motion = self.build("motion")
         self.audio = self.build("audio")
         self.lip_temperature = lip_temperature
@@ -84,7 +91,8 @@ class FineMotionStage(StageModule):
         terms = {
             "lip": lip["loss"],
             "lip_accuracy": lip.get("accuracy", torch.zeros(())).detach(),
-            "pose": F.l1_loss(codes["pose"], batch["pose"].flatten(0, 1).to(codes["pose"].dtype)),
+            "pose": F.l1_loss(codes["pose"] / self.pose_scale,
+                              batch["pose"].flatten(0, 1).to(codes["pose"].dtype) / self.pose_scale),
         }
         eyes = self.codes(torch.cat([batch["eye_anchor"], batch["eye_positive"], batch["eye_negative"]]))["eye"]
         anchor, positive, negative = eyes.chunk(3)
