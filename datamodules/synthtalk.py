@@ -59,7 +59,8 @@ class SynthTalkDataset(Dataset):
     :param lip_min_gap: minimum distance in frames between the N lip time steps, so that no
         negative is a near-copy of its positive (adjacent frames look and sound alike)
     :param eye_blink_prob: probability that an eye triplet is built around a blink (lid closed
-        > 50 % in the positive or the negative); blinks cover only ~3 % of frames otherwise
+        > 50 % in the positive or the negative), and that a ``landmarks`` sample is a blink frame
+        of its clip; blinks cover only ~3 % of frames otherwise
     """
 
     def __init__(self, pool: ClipPool, mode: str, length: int, seed: int = 0, num_lip_steps: int = 5,
@@ -94,6 +95,9 @@ class SynthTalkDataset(Dataset):
         sample = {"speaker": torch.tensor(int(p.speakers[c])), "clip": p.name(c)}
         if self.mode == "landmarks":
             t = int(rng.integers(F))
+            closed = np.nonzero(p.blink[c].max(1) > 0.5)[0]
+            if len(closed) and rng.uniform() < self.eye_blink_prob:  # lids shut are rare: show them more
+                t = int(closed[rng.integers(len(closed))])
             sample.update(image=to_image(p.images[c, t]), landmarks=torch.from_numpy(p.landmarks[c, t]))
             sample.update(self.ground_truth(c, t))
         elif self.mode == "reconstruction":

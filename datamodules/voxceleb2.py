@@ -66,7 +66,8 @@ class VoxCeleb2Dataset(Dataset):
     :param emotion_window: K consecutive frames in ``emotion``
     :param lip_min_gap: minimum distance in frames between the N lip time steps
     :param eye_gap: (min, max) frames between an eye triplet's positive and negative
-    :param eye_blink_prob: share of eye triplets built around a closed eye (openness < 0.5)
+    :param eye_blink_prob: share of eye triplets built around a closed eye (openness < 0.5), and of
+        ``landmarks`` samples taken at one
     :param eye_min_difference: eye-state difference a triplet's two frames should reach
         (2 x summed openness change + summed iris shift in eye widths); the most different
         candidate is taken when none does
@@ -144,6 +145,9 @@ class VoxCeleb2Dataset(Dataset):
         sample = {"speaker": torch.tensor(self.speaker_ids[record.speaker], dtype=torch.int64), "clip": record.clip}
         if self.mode == "landmarks":
             t = int(rng.integers(F))
+            closed = np.nonzero(reader.eyes[:, :2].min(1) < 0.5)[0] if reader.eyes is not None else []
+            if len(closed) and rng.uniform() < self.eye_blink_prob:  # shut lids are rare: show them more
+                t = int(closed[rng.integers(len(closed))])
             frame = reader.image(t)
             sample.update(image=official_crop(frame, self.image_size),
                           landmarks=torch.from_numpy(reader.landmarks_at([t], frame.shape[:2])[0]))

@@ -99,16 +99,31 @@ def changed(before: dict, module: torch.nn.Module, prefix: str = "") -> list[str
             if k.startswith(prefix) and v.dtype.is_floating_point and not torch.equal(before[k], v)]
 
 
-def test_landmark_stage_trains_the_heatmap_path_only(tmp_path, world_cache):
-    cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache)], tmp_path)
+@pytest.mark.parametrize("coordinate_weight", [1.0, 0.0])
+def test_landmark_stage_trains_the_fan_and_never_the_heads(coordinate_weight, tmp_path, world_cache):
+    cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache),
+                         f"model.coordinate_weight={coordinate_weight}"], tmp_path)
     datamodule, model = build(cfg)
     motion = snapshot(model.motion)
     fit(cfg, model, datamodule, 3)
     for part in ("model.conv1.", "model.m0.", "model.l0."):
         assert changed(motion, model.motion, part), f"{part} trains"
-    untouched = [k for k in changed(motion, model.motion) if not k.startswith("model.")
-                 or k.startswith(("model.bn5.", "model.conv6.", "model.fc."))]
-    assert untouched == [], f"parts after the heatmaps changed: {untouched[:3]}"
+    heads = [k for k in changed(motion, model.motion) if not k.startswith("model.")]
+    assert heads == [], f"heads changed: {heads[:3]}"
+    bottleneck = [k for k in changed(motion, model.motion) if k.startswith(("model.conv6.", "model.fc."))]
+    # the bottleneck learns only through the coordinate read-out
+    assert bool(bottleneck) == bool(coordinate_weight), bottleneck[:3]
+
+
+def test_stage1_can_keep_a_given_e_mot_fixed(tmp_path, world_cache):
+    """train_motion=false (SynthTalk, after the landmark stage): E_mot, BN statistics included,
+    is exactly as given while E_app and G0 train."""
+    cfg = compose_train(["experiment=synthtalk/stage1", *tiny(world_cache), "model.train_motion=false"], tmp_path)
+    datamodule, model = build(cfg)
+    motion, appearance = snapshot(model.motion), snapshot(model.appearance)
+    fit(cfg, model, datamodule, 4)
+    assert changed(motion, model.motion) == []
+    assert changed(appearance, model.appearance) and not any(p.requires_grad for p in model.motion.parameters())
 
 
 def test_stage1_initialises_e_mot_from_the_landmark_export(tmp_path, world_cache):

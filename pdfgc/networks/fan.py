@@ -139,9 +139,13 @@ class FAN(nn.Module):
         x = self.bn_end0(self.conv_last0(x))
         return self.l0(F.relu(x))
 
+    def bottleneck(self, heatmaps: torch.Tensor) -> torch.Tensor:
+        """Heatmaps ``(B, num_landmarks, S/4, S/4)`` -> the unified feature ``(B, out_dim)``."""
+        net = self.conv6(F.relu(self.bn5(heatmaps)))
+        return self.fc(F.relu(net.flatten(1)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(f"FAN: expected (B, 3, {self.image_size}, {self.image_size}) images, "
                              f"got {tuple(x.shape)}")
-        net = self.conv6(F.relu(self.bn5(self.heatmaps(x))))
-        return self.fc(F.relu(net.flatten(1)))
+        return self.bottleneck(self.heatmaps(x))

@@ -7,8 +7,12 @@ lips, brows and the jaw. This stage gives a from-scratch E_mot that start: the `
 regress Gaussian heatmaps of the data's landmarks (iBUG 68, plus the two iris centres when the
 network has 70 maps), as FAN is trained. Stage 1 then initialises from this export.
 
-Only the path to ``l0`` trains; the bottleneck (``bn5``, ``conv6``, ``fc``) and the heads have no
-gradient here and are frozen so that DDP never waits for them.
+The unified feature f_mot is FAN's bottleneck over those maps (``bn5``, ``conv6``, ``fc``). Maps
+that locate every point are not yet a feature that *says* where they are: a linear read-out of
+the landmark positions from f_mot is trained alongside (``coordinate_weight``; the read-out is
+this stage's own and is not exported), so the unified feature starts as a description of the
+face's geometry, which stage 1 then refines. The motion heads have no gradient here and are
+frozen, so that DDP never waits for them.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from typing import Mapping
 import torch
 
 from pdfgc.losses.heatmaps import heatmap_loss, heatmap_peaks, landmark_heatmaps
+from pdfgc.networks.codes import UNIFIED_MOTION_DIM
 from pdfgc.stages.base import StageModule, freeze
 
-#: E_mot parts after the landmark heatmaps: not trained by this stage
-NOT_ON_HEATMAP_PATH = ("bn5", "conv6", "fc")
+#: E_mot parts after the landmark heatmaps: trained only through the coordinate read-out
+BOTTLENECK = ("bn5", "conv6", "fc")
 
 
 class LandmarkStage(StageModule):
@@ -34,35 +39,45 @@ class LandmarkStage(StageModule):
     slots = ("motion",)
     stage_name = "stage0_landmarks"
 
-    def __init__(self, networks: Mapping, optimizer: Mapping, sigma: float = 1.0) -> None:
+    def __init__(self, networks: Mapping, optimizer: Mapping, sigma: float = 1.0,
+                 coordinate_weight: float = 1.0) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
         self.motion = self.build("motion")
         self.sigma = float(sigma)
+        self.coordinate_weight = float(coordinate_weight)
         freeze(self.motion)
         for name, child in self.motion.model.named_children():
-            if name not in NOT_ON_HEATMAP_PATH:
+            if name not in BOTTLENECK or self.coordinate_weight:
                 child.requires_grad_(True)
+        # f_mot -> (x, y) of every landmark in fractions of the side, centred (this stage only).
+        num_points = int(self.motion.model.l0.out_channels)
+        self.coordinates = torch.nn.Linear(UNIFIED_MOTION_DIM, 2 * num_points)
 
     def keep_frozen_in_eval(self) -> None:
         for name, child in self.motion.named_children():
             child.train(name == "model")
-        for name in NOT_ON_HEATMAP_PATH:
-            getattr(self.motion.model, name).eval()
 
     def step(self, batch) -> dict[str, torch.Tensor]:
         heatmaps = self.motion.model.heatmaps(batch["image"])
         points = batch["landmarks"][:, :heatmaps.shape[1]]
-        loss = heatmap_loss(heatmaps, points, self.image_size, self.sigma)
+        terms = {"heatmaps": heatmap_loss(heatmaps, points, self.image_size, self.sigma)}
+        if self.coordinate_weight:
+            read = self.coordinates(self.motion.model.bottleneck(heatmaps)).view(len(points), -1, 2)
+            target = points / self.image_size - 0.5
+            valid = torch.isfinite(target)
+            terms["coordinates"] = torch.nn.functional.mse_loss(read[valid], target[valid])
+        terms["loss"] = terms["heatmaps"] + self.coordinate_weight * terms.get("coordinates", 0.0)
         with torch.no_grad():
             error = (heatmap_peaks(heatmaps, self.image_size) - points).norm(dim=-1)
             error = error[torch.isfinite(error)]
-        return {"loss": loss, "error_px": error.median() if error.numel() else torch.zeros(())}
+        terms["error_px"] = error.median() if error.numel() else torch.zeros(())
+        return terms
 
     def training_step(self, batch, batch_idx):
         terms = self.step(batch)
         self.log("train/loss", terms["loss"], prog_bar=True)
-        self.log("train/error_px", terms["error_px"])
+        self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
         return terms["loss"]
 
     def validation_step(self, batch, batch_idx):
@@ -86,4 +101,4 @@ class LandmarkStage(StageModule):
         return {"image": image, "target_heatmaps": as_image(target), "heatmaps": as_image(heatmaps)}
 
     def configure_optimizers(self):
-        return self.adam({"motion": self.motion.parameters()})
+        return self.adam({"motion": self.motion.parameters(), "coordinates": self.coordinates.parameters()})

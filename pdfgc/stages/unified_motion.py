@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pdfgc.losses import EYE_STRIP, mouth_region_l1
 from pdfgc.networks.codes import ID_DIM
 from pdfgc.stages.augment import DriverAugment
-from pdfgc.stages.base import StageModule, params_frozen
+from pdfgc.stages.base import StageModule, freeze, params_frozen
 from pdfgc.stages.ema import make_ema
 from pdfgc.stages.gan import GanStepMixin
 
@@ -31,7 +31,8 @@ UNIFIED_DIM = 512
 
 
 class UnifiedMotionStage(GanStepMixin, StageModule):
-    """Stage 1 LightningModule: trains E_app, the E_mot backbone, G0 and D.
+    """Stage 1 LightningModule: trains E_app, the E_mot backbone (unless ``train_motion`` is
+    false: an E_mot from the landmark stage kept as it is), G0 and D.
 
     Batch (``mode=reconstruction``): ``source``, ``driver`` (B, 3, S, S) in [-1, 1],
     ``speaker`` (B,).
@@ -50,6 +51,8 @@ class UnifiedMotionStage(GanStepMixin, StageModule):
         ema_decay: float = 0.999,
         freeze_appearance_bn: bool = True,
         grad_clip: float = 5.0,
+        freeze_motion_bn: bool = False,
+        train_motion: bool = True,
     ) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
@@ -61,14 +64,24 @@ class UnifiedMotionStage(GanStepMixin, StageModule):
         self.generator0_ema = make_ema(self.generator0, ema_decay)
         self.augment = DriverAugment(**(augment or {}))
         self.freeze_appearance_bn = freeze_appearance_bn
+        self.freeze_motion_bn = freeze_motion_bn
+        self.train_motion = train_motion
+        if not train_motion:  # E_mot given (landmark stage): G0 learns to render from its feature
+            freeze(self.motion)
 
     def keep_frozen_in_eval(self) -> None:
         # The release fixes E_app's batch norm (`fix_bn`): its statistics come from the
-        # identity pre-training and must not drift with small GAN batches.
-        if getattr(self, "freeze_appearance_bn", False):
-            for m in self.appearance.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        # identity pre-training and must not drift with small GAN batches. E_mot's may be fixed
+        # too when it comes pre-trained (landmark stage): it sees colour-jittered drivers here,
+        # whose statistics would replace those of the clean frames every later stage feeds it.
+        if not getattr(self, "train_motion", True):
+            self.motion.eval()
+        for net, fixed in ((self.appearance, getattr(self, "freeze_appearance_bn", False)),
+                           (self.motion, getattr(self, "freeze_motion_bn", False))):
+            if fixed:
+                for m in net.modules():
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                        m.eval()
 
     def reconstruct(self, source: torch.Tensor, driver: torch.Tensor, generator=None):
         """G0([E_app(source) | E_mot(driver)]) -> ((B,3,S,S), f_mot (B,512))."""
