@@ -462,3 +462,20 @@ def test_heatmap_peaks_read_sub_cell_positions():
     points = torch.tensor([[[10.3, 50.9], [31.7, 8.2], [47.5, 47.5]]])
     found = heatmap_peaks(landmark_heatmaps(points, 16, 64), 64)
     assert (found - points).abs().max().item() < 0.2, "within 0.2 px from Gaussian maps of 4 px cells"
+
+
+def test_motion_offsets_are_the_iris_lid_and_lip_differences():
+    from pdfgc.losses.heatmaps import NUM_OFFSETS, motion_offsets
+
+    points = torch.zeros(1, 70, 2)
+    points[0, 36:42] = torch.tensor([[0.0, 0], [1, -1], [2, -1], [3, 0], [2, 1], [1, 1]])  # eye A, centred (1.5, 0)
+    points[0, 42:48] = points[0, 36:42] + torch.tensor([10.0, 0])
+    points[0, 68] = torch.tensor([2.0, 0.5])      # iris A: 0.5 right, 0.5 down of the eye's mean point
+    points[0, 69] = torch.tensor([11.0, 0.0])     # iris B: 0.5 left
+    points[0, 62, 1], points[0, 66, 1] = 20.0, 23.0  # inner lips 3 apart
+    points[0, 48, 0], points[0, 54, 0] = 4.0, 12.0   # mouth 8 wide
+    expected = torch.tensor([[0.5, 0.5, -0.5, 0.0, 2.0, 2.0, 3.0, 8.0]])
+    assert NUM_OFFSETS == 8 and torch.allclose(motion_offsets(points), expected)
+    shifted = points + torch.tensor([5.0, -3.0])  # a head translation moves no offset
+    assert torch.allclose(motion_offsets(shifted), expected)
+    assert torch.isnan(motion_offsets(points[:, :68])[0, :4]).all(), "no iris points: NaN iris offsets"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["landmark_heatmaps", "heatmap_loss", "heatmap_peaks"]
+__all__ = ["landmark_heatmaps", "heatmap_loss", "heatmap_peaks", "motion_offsets", "NUM_OFFSETS"]
 
 
 def _cell_centres(map_size: int, image_size: int, device, dtype) -> torch.Tensor:
@@ -81,3 +81,25 @@ def heatmap_peaks(heatmaps: torch.Tensor, image_size: int, radius: int = 2) -> t
     y = ((rows.float() + 0.5) * stride)[:, :, None].mul(weight).sum(dim=(1, 2))
     x = ((cols.float() + 0.5) * stride)[:, None, :].mul(weight).sum(dim=(1, 2))
     return torch.stack([x, y], dim=-1).view(b, p, 2)
+
+
+#: landmark differences of :func:`motion_offsets`
+NUM_OFFSETS = 8
+
+
+def motion_offsets(points: torch.Tensor) -> torch.Tensor:
+    """The small landmark differences that carry eye and mouth motion, ``(B, P>=68, 2) -> (B, 8)``:
+    each iris from its eye's mean point (x, y; NaN without iris points), each eye's lid gap, the
+    inner-lip gap and the mouth width. A pose change moves every point alike; these barely move."""
+    def mean(a, b):
+        return points[:, a:b].mean(1)
+
+    b = len(points)
+    nan = torch.full((b, 2), float("nan"), dtype=points.dtype, device=points.device)
+    iris_a = points[:, 68] - mean(36, 42) if points.shape[1] > 68 else nan
+    iris_b = points[:, 69] - mean(42, 48) if points.shape[1] > 69 else nan
+    lids_a = points[:, [40, 41], 1].mean(1) - points[:, [37, 38], 1].mean(1)
+    lids_b = points[:, [46, 47], 1].mean(1) - points[:, [43, 44], 1].mean(1)
+    lips = points[:, 66, 1] - points[:, 62, 1]
+    width = points[:, 54, 0] - points[:, 48, 0]
+    return torch.cat([iris_a, iris_b, torch.stack([lids_a, lids_b, lips, width], 1)], 1)

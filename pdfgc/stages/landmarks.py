@@ -11,8 +11,11 @@ The unified feature f_mot is FAN's bottleneck over those maps (``bn5``, ``conv6`
 that locate every point are not yet a feature that *says* where they are: a linear read-out of
 the landmark positions from f_mot is trained alongside (``coordinate_weight``; the read-out is
 this stage's own and is not exported), so the unified feature starts as a description of the
-face's geometry, which stage 1 then refines. The motion heads have no gradient here and are
-frozen, so that DDP never waits for them.
+face's geometry, which stage 1 then refines. Positions alone are dominated by the head's pose;
+the read-out also regresses the small differences that carry eye and mouth motion (iris in the
+eye, lid gaps, lip gap, mouth width: :func:`pdfgc.losses.heatmaps.motion_offsets`,
+``offset_weight``), which a pose change leaves alone. The motion heads have no gradient here and
+are frozen, so that DDP never waits for them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Mapping
 
 import torch
 
-from pdfgc.losses.heatmaps import heatmap_loss, heatmap_peaks, landmark_heatmaps
+from pdfgc.losses.heatmaps import NUM_OFFSETS, heatmap_loss, heatmap_peaks, landmark_heatmaps, motion_offsets
 from pdfgc.networks.codes import UNIFIED_MOTION_DIM
 from pdfgc.stages.base import StageModule, freeze
 
@@ -40,19 +43,20 @@ class LandmarkStage(StageModule):
     stage_name = "stage0_landmarks"
 
     def __init__(self, networks: Mapping, optimizer: Mapping, sigma: float = 1.0,
-                 coordinate_weight: float = 1.0) -> None:
+                 coordinate_weight: float = 1.0, offset_weight: float = 0.0) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
         self.motion = self.build("motion")
         self.sigma = float(sigma)
         self.coordinate_weight = float(coordinate_weight)
+        self.offset_weight = float(offset_weight)
         freeze(self.motion)
         for name, child in self.motion.model.named_children():
             if name not in BOTTLENECK or self.coordinate_weight:
                 child.requires_grad_(True)
         # f_mot -> (x, y) of every landmark in fractions of the side, centred (this stage only).
         num_points = int(self.motion.model.l0.out_channels)
-        self.coordinates = torch.nn.Linear(UNIFIED_MOTION_DIM, 2 * num_points)
+        self.coordinates = torch.nn.Linear(UNIFIED_MOTION_DIM, 2 * num_points + NUM_OFFSETS)
 
     def keep_frozen_in_eval(self) -> None:
         for name, child in self.motion.named_children():
@@ -63,11 +67,17 @@ class LandmarkStage(StageModule):
         points = batch["landmarks"][:, :heatmaps.shape[1]]
         terms = {"heatmaps": heatmap_loss(heatmaps, points, self.image_size, self.sigma)}
         if self.coordinate_weight:
-            read = self.coordinates(self.motion.model.bottleneck(heatmaps)).view(len(points), -1, 2)
+            read = self.coordinates(self.motion.model.bottleneck(heatmaps))
             target = points / self.image_size - 0.5
             valid = torch.isfinite(target)
-            terms["coordinates"] = torch.nn.functional.mse_loss(read[valid], target[valid])
-        terms["loss"] = terms["heatmaps"] + self.coordinate_weight * terms.get("coordinates", 0.0)
+            positions = read[:, :2 * points.shape[1]].view(len(points), -1, 2)
+            terms["coordinates"] = torch.nn.functional.mse_loss(positions[valid], target[valid])
+            if self.offset_weight:
+                offsets = motion_offsets(target)
+                ok = torch.isfinite(offsets)
+                terms["offsets"] = torch.nn.functional.mse_loss(read[:, -NUM_OFFSETS:][ok], offsets[ok])
+        terms["loss"] = (terms["heatmaps"] + self.coordinate_weight * terms.get("coordinates", 0.0)
+                         + self.offset_weight * terms.get("offsets", 0.0))
         with torch.no_grad():
             error = (heatmap_peaks(heatmaps, self.image_size) - points).norm(dim=-1)
             error = error[torch.isfinite(error)]
