@@ -15,11 +15,13 @@ from pdfgc.losses import (
     UntrainedVGGWarning,
     VGGPerceptualLoss,
     audio_visual_infonce,
+    LinearLeakage,
     decorrelation_loss,
     discriminator_hinge_loss,
     eye_triplet_loss,
     feature_matching_loss,
     generator_hinge_loss,
+    linear_leakage,
     mouth_region_l1,
     paste_strip,
 )
@@ -479,3 +481,80 @@ def test_motion_offsets_are_the_iris_lid_and_lip_differences():
     shifted = points + torch.tensor([5.0, -3.0])  # a head translation moves no offset
     assert torch.allclose(motion_offsets(shifted), expected)
     assert torch.isnan(motion_offsets(points[:, :68])[0, :4]).all(), "no iris points: NaN iris offsets"
+
+
+# ----------------------------------------------------------------------------- leakage
+
+
+def _probe_r2(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Held-out R² of a least-squares probe y <- x (first half fits, second half scores)."""
+    h = len(x) // 2
+    xa = torch.cat([x, torch.ones(len(x), 1)], 1).double()
+    w = torch.linalg.lstsq(xa[:h], y[:h].double()).solution
+    res = y[h:].double() - xa[h:] @ w
+    return float(1 - res.pow(2).sum() / (y[h:].double() - y[h:].double().mean(0)).pow(2).sum())
+
+
+def test_linear_leakage_reads_linear_dependence():
+    g = torch.Generator().manual_seed(7)
+    M, Dx, Dy = 2000, 16, 3
+    x = torch.randn(M, Dx, generator=g)
+    unrelated = torch.randn(M, Dy, generator=g)
+    assert linear_leakage(x[:64], unrelated[:64], x[64:], unrelated[64:]).item() < 0.05
+    dependent = x[:, :Dy] * 2.0 + 0.1 * torch.randn(M, Dy, generator=g)
+    leak = linear_leakage(x[:64], dependent[:64], x[64:], dependent[64:]).item()
+    # the share of y's variance the probe explains (0.99 here), shrunk by the ridge: ~R² / (1 + 0.1)²
+    assert 0.99 / 1.1 ** 2 - 0.1 < leak < 1.0
+    with pytest.raises(ValueError):
+        linear_leakage(x[:4], dependent[:5])
+
+
+def test_linear_leakage_training_removes_the_factor_and_keeps_the_signal():
+    """A linear code of (signal, nuisance) trained to carry the signal: with L_leak against the
+    nuisance, a held-out probe no longer reads the nuisance, and the signal is still there."""
+    torch.manual_seed(8)
+    encoder = torch.nn.Linear(3, 8)
+    leak = LinearLeakage(code_dim=8, factor_dim=2, bank_size=512)
+    opt = torch.optim.Adam(encoder.parameters(), lr=1e-2)
+
+    def code_of(z):
+        return encoder(z) + 0.3 * torch.randn(len(z), 8)  # a noisy code, as real codes are
+
+    def batch(n):
+        z = torch.randn(n, 3)
+        return z, z[:, :1], z[:, 1:]  # signal s = z0, nuisance = z1, z2
+
+    z, s, nuisance = batch(2000)
+    with torch.no_grad():
+        before = _probe_r2(code_of(z), nuisance)
+    assert before > 0.5
+    for _ in range(600):
+        zb, sb, nb = batch(32)
+        code = code_of(zb)
+        loss = torch.nn.functional.mse_loss(code[:, :1], sb) + 3.0 * leak(code, nb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        leak.push(code, nb)
+    with torch.no_grad():
+        code = code_of(z)
+    assert _probe_r2(code, nuisance) < 0.05
+    assert _probe_r2(code, s) > 0.8
+    assert len(leak.code_bank) == 512 and set(leak.state_dict()) >= {"code_bank.features", "factor_bank.features"}
+
+
+def test_linear_leakage_module_waits_for_rows_and_validation_leaves_it_alone():
+    torch.manual_seed(10)
+    leak = LinearLeakage(code_dim=4, factor_dim=1, bank_size=64, refit_every=4, min_rows=16)
+    x = torch.randn(8, 4, requires_grad=True)
+    assert leak(x, x[:, :1]).item() == 0.0  # 8 rows < 16: no fit yet
+    for _ in range(4):
+        z = torch.randn(8, 4)
+        leak.push(z, z[:, :1])
+    z = torch.randn(8, 4)
+    assert leak(z, z[:, :1]).item() > 0.1  # the first dim is the factor
+    state = {k: v.clone() for k, v in leak.state_dict().items()}
+    leak.eval()
+    leak(torch.randn(8, 4), torch.randn(8, 1))
+    for k, v in leak.state_dict().items():
+        torch.testing.assert_close(v, state[k])

@@ -8,6 +8,7 @@
 | L_a2v + L_v2a | `audio_visual_infonce` | `contrastive` |
 | L_eye | `eye_triplet_loss` | `contrastive` |
 | L_decor | `decorrelation_loss`, `MemoryBank` | `decorrelation` |
+| L_leak (ours) | `linear_leakage`, `LinearLeakage` | `leakage` |
 | L_mouth | `mouth_region_l1` (and `paste_strip` for eye triplets) | `masks` |
 
 Loss weights are applied by the stage modules, never here.
@@ -21,6 +22,7 @@ from pdfgc.losses.contrastive import (
     pairwise_similarity,
 )
 from pdfgc.losses.decorrelation import MemoryBank, cross_correlation, decorrelation_loss
+from pdfgc.losses.leakage import LinearLeakage, linear_leakage
 from pdfgc.losses.gan import discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss
 from pdfgc.losses.masks import EYE_STRIP, MOUTH_BOX, box_mask, mouth_region_l1, paste_strip
 from pdfgc.losses.perceptual import UntrainedVGGWarning, VGGPerceptualLoss
@@ -39,6 +41,8 @@ __all__ = [
     "MemoryBank",
     "decorrelation_loss",
     "cross_correlation",
+    "LinearLeakage",
+    "linear_leakage",
     "MOUTH_BOX",
     "EYE_STRIP",
     "box_mask",

@@ -176,6 +176,12 @@ class StageModule(pl.LightningModule):
     def keep_frozen_in_eval(self) -> None:
         """Put frozen sub-networks (and frozen batch norms) in eval mode; stages override."""
 
+    def all_gather_flat(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of every rank, ``(world*B, D)``, so that all ranks keep identical memory banks."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return x
+        return self.all_gather(x).flatten(0, 1)
+
     def on_train_batch_start(self, batch, batch_idx) -> None:
         # Tell a resumable loader that one more batch reached the step (Lightning prefetches
         # ahead, so the loader itself cannot know what a checkpoint has really consumed).
