@@ -52,6 +52,7 @@ class ClipRecord:
     pose: str | None = None
     eyes: str | None = None
     landmarks: str | None = None
+    emotion: int | None = None  # class id of an emotion-labelled corpus (MEAD order), None = unlabelled
 
 
 class PackedRecords(Sequence):
@@ -96,7 +97,8 @@ def parse_index(root: Path, path: Path) -> list[ClipRecord]:
                 speaker=str(entry["speaker"]), clip=str(entry["clip"]), split=str(entry.get("split") or "train"),
                 num_frames=int(entry["num_frames"]), frames_dir=str(root / entry["frames_dir"]),
                 spectrogram=str(root / entry["spectrogram"]), pose=_absolute(root, entry.get("pose")),
-                eyes=_absolute(root, entry.get("eyes")), landmarks=_absolute(root, entry.get("landmarks")))
+                eyes=_absolute(root, entry.get("eyes")), landmarks=_absolute(root, entry.get("landmarks")),
+                emotion=None if entry.get("emotion") is None else int(entry["emotion"]))
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("%s line %d skipped (%s: %s)", path, number, type(exc).__name__, exc)
             continue

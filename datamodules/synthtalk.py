@@ -98,7 +98,8 @@ class SynthTalkDataset(Dataset):
             closed = np.nonzero(p.blink[c].max(1) > 0.5)[0]
             if len(closed) and rng.uniform() < self.eye_blink_prob:  # lids shut are rare: show them more
                 t = int(closed[rng.integers(len(closed))])
-            sample.update(image=to_image(p.images[c, t]), landmarks=torch.from_numpy(p.landmarks[c, t]))
+            sample.update(image=to_image(p.images[c, t]), landmarks=torch.from_numpy(p.landmarks[c, t]),
+                          emotion=torch.tensor(int(p.emotion[c])))
             sample.update(self.ground_truth(c, t))
         elif self.mode == "reconstruction":
             src, drv = rng.choice(F, 2, replace=False)
@@ -116,7 +117,7 @@ class SynthTalkDataset(Dataset):
             ts = np.arange(start, start + k)
             src = int(rng.integers(F))
             sample.update(frames=to_image(p.images[c, ts]), mels=torch.from_numpy(p.windows[c, ts]),
-                          source=to_image(p.images[c, src]))
+                          source=to_image(p.images[c, src]), emotion=torch.tensor(int(p.emotion[c])))
             sample.update(self.ground_truth(c, ts))
         return sample
 

@@ -150,7 +150,8 @@ class VoxCeleb2Dataset(Dataset):
                 t = int(closed[rng.integers(len(closed))])
             frame = reader.image(t)
             sample.update(image=official_crop(frame, self.image_size),
-                          landmarks=torch.from_numpy(reader.landmarks_at([t], frame.shape[:2])[0]))
+                          landmarks=torch.from_numpy(reader.landmarks_at([t], frame.shape[:2])[0]),
+                          emotion=torch.tensor(-1 if record.emotion is None else record.emotion))
         elif self.mode == "reconstruction":
             src, drv = rng.choice(F, 2, replace=False)
             images = reader.images([src, drv])
@@ -164,7 +165,8 @@ class VoxCeleb2Dataset(Dataset):
             start = int(rng.integers(F - k + 1))
             ts = np.arange(start, start + k)
             src = int(rng.integers(F))
-            sample.update(frames=reader.images(ts), mels=reader.windows(ts), source=reader.images([src])[0])
+            sample.update(frames=reader.images(ts), mels=reader.windows(ts), source=reader.images([src])[0],
+                          emotion=torch.tensor(-1 if record.emotion is None else record.emotion))
         return sample
 
     def eye_frames(self, rng: np.random.Generator, reader: ClipReader) -> tuple[int, int]:

@@ -102,7 +102,7 @@ def changed(before: dict, module: torch.nn.Module, prefix: str = "") -> list[str
 @pytest.mark.parametrize("coordinate_weight", [1.0, 0.0])
 def test_landmark_stage_trains_the_fan_and_never_the_heads(coordinate_weight, tmp_path, world_cache):
     cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache),
-                         f"model.coordinate_weight={coordinate_weight}"], tmp_path)
+                         f"model.coordinate_weight={coordinate_weight}", "model.emotion_weight=0"], tmp_path)
     datamodule, model = build(cfg)
     motion = snapshot(model.motion)
     fit(cfg, model, datamodule, 3)
@@ -113,6 +113,26 @@ def test_landmark_stage_trains_the_fan_and_never_the_heads(coordinate_weight, tm
     bottleneck = [k for k in changed(motion, model.motion) if k.startswith(("model.conv6.", "model.fc."))]
     # the bottleneck learns only through the coordinate read-out
     assert bool(bottleneck) == bool(coordinate_weight), bottleneck[:3]
+
+
+@pytest.mark.parametrize("experiment,key,overrides", [
+    ("synthtalk/stage0_landmarks", "train/emotion", ["model.emotion_weight=1.0"]),
+    ("synthtalk/stage3", "train/emotion_class", ["model.loss_weights.emotion_class=1.0"]),
+])
+def test_emotion_labels_train_a_classifier_that_is_not_exported(experiment, key, overrides, tmp_path, world_cache):
+    """Where samples carry ``emotion`` labels, the stage's emotion cross-entropy goes down on an
+    overfit batch; the classifier is a training head and stays out of the export."""
+    cfg = compose_train([f"experiment={experiment}", *tiny(world_cache), *overrides], tmp_path)
+    pl.seed_everything(0)
+    datamodule, model = build(cfg)
+    rec = Recorder(key)
+    fit(cfg, model, datamodule, 40, [rec], overfit_batches=1)
+    assert len(rec.values) >= 20
+    first, last = sum(rec.values[:3]) / 3, sum(rec.values[-3:]) / 3
+    assert last < 0.7 * first, f"{key}: {first:.4f} -> {last:.4f}"
+    export = model.export(tmp_path / "export")
+    for weights in export.glob("*.pth"):
+        assert not any("classifier" in k for k in torch.load(weights, weights_only=True)), weights.name
 
 
 def test_stage1_can_keep_a_given_e_mot_fixed(tmp_path, world_cache):

@@ -80,11 +80,23 @@ def test_export_read_back_gives_synthtalks_own_samples(mode, exported, train_poo
             assert iris_error.max() < IRIS_TOLERANCE_PX, f"iris {iris_error.max():.2f} px off"
         elif mode != "reconstruction":
             assert torch.equal(a["mels"], b["mels"]), "mel windows equal SynthTalk's frame_windows"
+        if mode in ("landmarks", "emotion"):  # the clip's emotion label comes back from index.jsonl
+            assert int(a["emotion"]) == int(b["emotion"]) >= 0
         if mode == "fine_motion":
             assert torch.equal(a["pose"], b["pose"]), "pose labels equal"
             top, bottom, left, right = box_to_pixels(EYE_STRIP, WORLD.image_size, WORLD.image_size)
             assert torch.equal(a["eye_anchor"][:, top:bottom, left:right], a["eye_positive"][:, top:bottom, left:right])
             assert torch.equal(a["eye_anchor"][:, bottom:], a["eye_negative"][:, bottom:]), "the rest is the negative"
+
+
+def test_clips_without_an_emotion_label_give_minus_one(exported, tmp_path):
+    root = copy_tree(exported, tmp_path / "unlabelled")
+    index = root / "index.jsonl"
+    lines = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+    index.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "emotion"}) + "\n" for e in lines))
+    for mode in ("landmarks", "emotion"):
+        sample = datamodule(root, mode).dataset("train", 2)[0]
+        assert sample["emotion"].dtype == torch.int64 and int(sample["emotion"]) == -1
 
 
 def test_exported_eye_state_reads_back_as_synthtalk_openness(exported, train_pool):

@@ -14,7 +14,14 @@ Losses (weights in ``configs/model/stage3_emotion.yaml``):
 * L_con (ours; the paper names it only): lip consistency. The visual lip code of the generated
   frame, read by the frozen E_mot lip head, must match the audio lip code that drove it
   (cosine distance), so the generator keeps the lips audio-driven;
-* a mouth-region L1 (the authors' early generator fine-tune has one).
+* a mouth-region L1 (the authors' early generator fine-tune has one);
+* emotion leakage (ours, :mod:`pdfgc.losses.leakage`): a linear adversary must not read the
+  centre frame's (frozen) pose and eye codes, nor the audio lip code, from f_exp, or G would
+  use the window-averaged emotion code as a second, smoothed pose and mouth input;
+* emotion class (ours, off by default): where the data labels each clip's emotion (MEAD,
+  SynthTalk; ``emotion`` = -1 elsewhere) a linear classifier on f_exp is trained with
+  cross-entropy. The paper learns expression from reconstruction alone over about two weeks on
+  4 V100s; a short run needs the labels. The classifier is a training head and is not exported.
 
 G is initialised from the stage-1 G0 where shapes agree; G0's modulation weights for the
 identity part (first 2048 style inputs) carry over, the motion part starts fresh.
@@ -28,7 +35,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from pdfgc.losses import MemoryBank, decorrelation_loss, mouth_region_l1
+from pdfgc.losses import LinearLeakage, MemoryBank, decorrelation_loss, mouth_region_l1
 from pdfgc.networks.codes import compose_style
 from pdfgc.stages.base import EXPORT_FILES, StageModule, freeze, load_weights_file, params_frozen
 from pdfgc.stages.ema import make_ema
@@ -81,6 +88,8 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         ema_decay: float = 0.999,
         bank_size: int = 1024,
         grad_clip: float = 5.0,
+        leakage_ridge: float = 0.1,
+        num_emotions: int = 8,
     ) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
@@ -97,6 +106,13 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         audio_dim = int(self.audio.model.fc.out_features) if hasattr(self.audio, "model") else 512
         self.exp_bank = MemoryBank(30, bank_size)
         self.audio_bank = MemoryBank(audio_dim, bank_size)
+        # What f_exp must not carry: the centre frame's pose (6) and eye (6) codes, and the audio
+        # lip code that already drives G's mouth (else f_exp learns the mouth a second time).
+        self.emotion_leakage = LinearLeakage(30, 12, bank_size, leakage_ridge)
+        self.emotion_mouth_leakage = LinearLeakage(30, self.audio.mouth_embed[1].out_features, bank_size, leakage_ridge)
+        # Standardised first: the class must be readable from the code's direction, not its size.
+        self.emotion_classifier = torch.nn.Sequential(torch.nn.BatchNorm1d(30, affine=False),
+                                                      torch.nn.Linear(30, num_emotions))
 
     def init_slot_from_file(self, slot: str, directory: Path) -> bool:
         # The generator starts from stage 1's G0 when no stage-3 generator exists yet.
@@ -146,6 +162,14 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         style = compose_style(id_vec, codes["mouth"], codes["emotion"], codes["eye"], codes["pose"])
         return generator(style, id_map)
 
+    def emotion_class_loss(self, emotion: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Cross-entropy of the emotion classifier on f_exp ``(B, 30)`` against clip labels ``(B,)``
+        (-1 = unlabelled, ignored); 0 (with a graph) when nothing in the batch is labelled."""
+        logits = self.emotion_classifier(emotion)
+        if labels is None or not bool((labels >= 0).any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, labels.long(), ignore_index=-1)
+
     def lip_consistency(self, fake: torch.Tensor, audio_mouth: torch.Tensor) -> torch.Tensor:
         # The lip reader judges G's lips; it must not learn from this loss (only G does).
         with params_frozen(self.motion):
@@ -158,6 +182,7 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         frames, mels, source = batch["frames"], batch["mels"], batch["source"]
         target = frames[:, frames.shape[1] // 2]
         codes = self.window_codes(frames, mels)
+        off_factors = torch.cat([codes["pose"], codes["eye"]], dim=1)  # frozen heads: no gradient
         fake = self.render(source, codes)
         d_loss = self.discriminator_step(target, fake)
 
@@ -168,21 +193,24 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
             if self.wants("decorrelation"):
                 terms["decorrelation"] = decorrelation_loss(
                     codes["emotion"], codes["audio_window"], self.exp_bank, self.audio_bank)
+            if self.wants("emotion_class"):
+                terms["emotion_class"] = self.emotion_class_loss(codes["emotion"], batch.get("emotion"))
+            if self.wants("emotion_leakage"):
+                terms["emotion_leakage"] = (self.emotion_leakage(codes["emotion"], off_factors)
+                                            + self.emotion_mouth_leakage(codes["emotion"], codes["mouth"]))
             return terms
 
         terms = self.generator_step(losses)
         self.exp_bank.push(self.all_gather_flat(codes["emotion"].detach()))
         self.audio_bank.push(self.all_gather_flat(codes["audio_window"].detach()))
+        self.emotion_leakage.push(self.all_gather_flat(codes["emotion"].detach()),
+                                  self.all_gather_flat(off_factors))
+        self.emotion_mouth_leakage.push(self.all_gather_flat(codes["emotion"].detach()),
+                                        self.all_gather_flat(codes["mouth"].detach()))
         self.generator_ema.update_parameters(self.generator)
         self.log_dict({f"train/{k}": v for k, v in terms.items()})
         self.log("train/d_loss", d_loss)
         self.log("train/loss", terms["total"], prog_bar=True)
-
-    def all_gather_flat(self, x: torch.Tensor) -> torch.Tensor:
-        """Features of every rank, (world*B, D), so all ranks keep identical memory banks."""
-        if self.trainer is None or self.trainer.world_size == 1:
-            return x
-        return self.all_gather(x).flatten(0, 1)
 
     def validation_step(self, batch, batch_idx):
         frames = batch["frames"]
@@ -213,5 +241,6 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
 
     def configure_optimizers(self):
         generator_side = {"generator": self.generator.parameters(),
-                          "emotion_head": [p for name in self.trained_heads for p in getattr(self.motion, name).parameters()]}
+                          "emotion_head": [p for name in self.trained_heads for p in getattr(self.motion, name).parameters()]
+                          + list(self.emotion_classifier.parameters())}
         return self.adam(generator_side), self.adam({"discriminator": self.discriminator.parameters()})

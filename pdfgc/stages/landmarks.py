@@ -14,8 +14,12 @@ this stage's own and is not exported), so the unified feature starts as a descri
 face's geometry, which stage 1 then refines. Positions alone are dominated by the head's pose;
 the read-out also regresses the small differences that carry eye and mouth motion (iris in the
 eye, lid gaps, lip gap, mouth width: :func:`pdfgc.losses.heatmaps.motion_offsets`,
-``offset_weight``), which a pose change leaves alone. The motion heads have no gradient here and
-are frozen, so that DDP never waits for them.
+``offset_weight``), which a pose change leaves alone. Where the data labels each clip's emotion
+(MEAD, SynthTalk; ``emotion`` = -1 elsewhere) a linear classifier on f_mot can be trained too
+(``emotion_weight``, ours): landmark positions leave the expression to a few pixels of brow and
+mouth corner against every identity's own neutral face, and stage 3's emotion head can only read
+what f_mot holds. That gradient stops at the heatmaps, which stay landmark maps. The motion heads have no gradient here and are frozen, so that DDP never waits
+for them.
 """
 
 from __future__ import annotations
@@ -43,20 +47,24 @@ class LandmarkStage(StageModule):
     stage_name = "stage0_landmarks"
 
     def __init__(self, networks: Mapping, optimizer: Mapping, sigma: float = 1.0,
-                 coordinate_weight: float = 1.0, offset_weight: float = 0.0) -> None:
+                 coordinate_weight: float = 1.0, offset_weight: float = 0.0, emotion_weight: float = 0.0,
+                 num_emotions: int = 8) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
         self.motion = self.build("motion")
         self.sigma = float(sigma)
         self.coordinate_weight = float(coordinate_weight)
         self.offset_weight = float(offset_weight)
+        self.emotion_weight = float(emotion_weight)
         freeze(self.motion)
         for name, child in self.motion.model.named_children():
-            if name not in BOTTLENECK or self.coordinate_weight:
+            if name not in BOTTLENECK or self.coordinate_weight or self.emotion_weight:
                 child.requires_grad_(True)
         # f_mot -> (x, y) of every landmark in fractions of the side, centred (this stage only).
         num_points = int(self.motion.model.l0.out_channels)
         self.coordinates = torch.nn.Linear(UNIFIED_MOTION_DIM, 2 * num_points + NUM_OFFSETS)
+        self.emotion_classifier = torch.nn.Sequential(  # this stage only; standardised input
+            torch.nn.BatchNorm1d(UNIFIED_MOTION_DIM, affine=False), torch.nn.Linear(UNIFIED_MOTION_DIM, num_emotions))
 
     def keep_frozen_in_eval(self) -> None:
         for name, child in self.motion.named_children():
@@ -66,8 +74,9 @@ class LandmarkStage(StageModule):
         heatmaps = self.motion.model.heatmaps(batch["image"])
         points = batch["landmarks"][:, :heatmaps.shape[1]]
         terms = {"heatmaps": heatmap_loss(heatmaps, points, self.image_size, self.sigma)}
+        unified = self.motion.model.bottleneck(heatmaps) if (self.coordinate_weight or self.emotion_weight) else None
         if self.coordinate_weight:
-            read = self.coordinates(self.motion.model.bottleneck(heatmaps))
+            read = self.coordinates(unified)
             target = points / self.image_size - 0.5
             valid = torch.isfinite(target)
             positions = read[:, :2 * points.shape[1]].view(len(points), -1, 2)
@@ -76,8 +85,17 @@ class LandmarkStage(StageModule):
                 offsets = motion_offsets(target)
                 ok = torch.isfinite(offsets)
                 terms["offsets"] = torch.nn.functional.mse_loss(read[:, -NUM_OFFSETS:][ok], offsets[ok])
+        labels = batch.get("emotion")
+        if self.emotion_weight and labels is not None and bool((labels >= 0).any()):
+            # Through the bottleneck only: with its gradient in the maps, the class (an easier
+            # target) took over the hourglass and the landmark error stayed at 24 px (2 px without).
+            logits = self.emotion_classifier(self.motion.model.bottleneck(heatmaps.detach()))
+            terms["emotion"] = torch.nn.functional.cross_entropy(logits, labels.long(), ignore_index=-1)
+            known = labels >= 0
+            terms["emotion_accuracy"] = (logits.argmax(1)[known] == labels[known]).float().mean().detach()
         terms["loss"] = (terms["heatmaps"] + self.coordinate_weight * terms.get("coordinates", 0.0)
-                         + self.offset_weight * terms.get("offsets", 0.0))
+                         + self.offset_weight * terms.get("offsets", 0.0)
+                         + self.emotion_weight * terms.get("emotion", 0.0))
         with torch.no_grad():
             error = (heatmap_peaks(heatmaps, self.image_size) - points).norm(dim=-1)
             error = error[torch.isfinite(error)]
@@ -94,6 +112,8 @@ class LandmarkStage(StageModule):
         terms = self.step(batch)
         self.log("val/loss", terms["loss"], sync_dist=True)
         self.log("val/error_px", terms["error_px"], prog_bar=True, sync_dist=True)
+        if "emotion_accuracy" in terms:
+            self.log("val/emotion_accuracy", terms["emotion_accuracy"], sync_dist=True)
 
     def sample_rows(self, batch) -> dict[str, torch.Tensor]:
         """Rows of the sample grid: the image, the target maps and the predicted maps (max over
@@ -111,4 +131,5 @@ class LandmarkStage(StageModule):
         return {"image": image, "target_heatmaps": as_image(target), "heatmaps": as_image(heatmaps)}
 
     def configure_optimizers(self):
-        return self.adam({"motion": self.motion.parameters(), "coordinates": self.coordinates.parameters()})
+        return self.adam({"motion": self.motion.parameters(), "coordinates": self.coordinates.parameters(),
+                          "emotion_classifier": self.emotion_classifier.parameters()})

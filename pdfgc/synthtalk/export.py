@@ -84,6 +84,7 @@ def write_processed_clip(root: Path, clip: Clip, split: str) -> dict:
         "fps": 25, "duration": clip.num_frames / 25, "frames_dir": str(rel / "frames"),
         "audio": str(rel / "audio.wav"), "spectrogram": str(rel / "spectrograms.npy"), "pose": str(rel / "pose.npy"),
         "eyes": str(rel / "eyes.npy"), "landmarks": str(rel / "landmarks.npy"), "gt": str(rel / "gt.npz"), "flags": [],
+        "emotion": int(clip.emotion),  # the clip's class, as an emotion-labelled corpus (MEAD) lists it
     }
 
 
