@@ -545,7 +545,7 @@ def test_linear_leakage_training_removes_the_factor_and_keeps_the_signal():
 
 def test_linear_leakage_module_waits_for_rows_and_validation_leaves_it_alone():
     torch.manual_seed(10)
-    leak = LinearLeakage(code_dim=4, factor_dim=1, bank_size=64, refit_every=4, min_rows=16)
+    leak = LinearLeakage(code_dim=4, factor_dim=1, bank_size=64, min_rows=16)
     x = torch.randn(8, 4, requires_grad=True)
     assert leak(x, x[:, :1]).item() == 0.0  # 8 rows < 16: no fit yet
     for _ in range(4):
@@ -558,3 +558,20 @@ def test_linear_leakage_module_waits_for_rows_and_validation_leaves_it_alone():
     leak(torch.randn(8, 4), torch.randn(8, 1))
     for k, v in leak.state_dict().items():
         torch.testing.assert_close(v, state[k])
+
+
+def test_linear_leakage_factor_groups_equal_separate_adversaries():
+    """One code bank and one fit for several factor groups gives the sum of one adversary per
+    group (ridge fits every factor column on its own)."""
+    torch.manual_seed(11)
+    pose_eye, mouth = LinearLeakage(6, 3, 128, min_rows=16), LinearLeakage(6, 20, 128, min_rows=16)
+    grouped = LinearLeakage(6, 23, 128, min_rows=16, factor_groups=(3, 20))
+    for _ in range(10):
+        x = torch.randn(8, 6)
+        y = torch.cat([x[:, :3] + 0.5 * torch.randn(8, 3), torch.randn(8, 20)], 1)
+        torch.testing.assert_close(grouped(x, y), pose_eye(x, y[:, :3]) + mouth(x, y[:, 3:]))
+        for leak, part in ((pose_eye, y[:, :3]), (mouth, y[:, 3:]), (grouped, y)):
+            leak.push(x, part)
+    assert grouped(x, y).item() > 0.3
+    with pytest.raises(ValueError):
+        LinearLeakage(6, 23, factor_groups=(3, 19))

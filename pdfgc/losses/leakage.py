@@ -39,14 +39,11 @@ from pdfgc.losses.decorrelation import MemoryBank
 __all__ = ["LinearLeakage", "linear_leakage"]
 
 
-def _standardise_with(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (z - mean) / std
-
-
 @torch.no_grad()
 def fit_adversary(x_all: torch.Tensor, y_all: torch.Tensor, ridge: float, eps: float = 1e-5):
     """Ridge adversary ``y <- x`` on standardised columns of the stacked rows ``(M, Dx)``,
-    ``(M, Dy)``. Returns ``(mean (1, Dx), std (1, Dx), weights (Dx, Dy))`` (float32)."""
+    ``(M, Dy)``. Returns ``(mean (1, Dx), std (1, Dx), weights (Dx, Dy))`` (float32).
+    Ridge solves every column of ``y`` on its own, so one fit serves several factor groups."""
     x, y = x_all.double(), y_all.double()
     mean, std = x.mean(0, keepdim=True), x.var(0, unbiased=False, keepdim=True).add(eps).sqrt()
     xa = (x - mean) / std
@@ -58,10 +55,13 @@ def fit_adversary(x_all: torch.Tensor, y_all: torch.Tensor, ridge: float, eps: f
 
 
 def explained_share(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, weights: torch.Tensor,
-                    eps: float = 1e-5) -> torch.Tensor:
-    """``mean (x̂ W)²`` for codes ``x (B, Dx)`` standardised by a fitted adversary."""
-    batch = _standardise_with(x.float(), mean.to(x.device), std.to(x.device))
-    return (batch @ weights.to(x.device)).pow(2).mean()
+                    groups: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``mean (x̂ W)²`` for codes ``x (B, Dx)`` standardised by a fitted adversary; with
+    ``groups`` (column counts of W summing to Dy) the sum over groups of each group's mean."""
+    explained = (((x.float() - mean) / std) @ weights).pow(2)
+    if groups is None:
+        return explained.mean()
+    return sum(part.mean() for part in explained.split(list(groups), dim=1))
 
 
 def linear_leakage(x: torch.Tensor, y: torch.Tensor, x_bank: torch.Tensor | None = None,
@@ -83,56 +83,37 @@ def linear_leakage(x: torch.Tensor, y: torch.Tensor, x_bank: torch.Tensor | None
         y_all = torch.cat([y_all, y_bank.to(y_all)])
     if x_all.shape[0] < 2:
         raise ValueError("linear_leakage needs at least 2 rows (batch + bank)")
-    return explained_share(x, *fit_adversary(x_all, y_all, ridge, eps), eps=eps)
+    return explained_share(x, *fit_adversary(x_all, y_all, ridge, eps))
 
 
 class LinearLeakage(torch.nn.Module):
-    """``L_leak`` with its memory banks and its adversary (all buffers: saved in checkpoints, so
-    a resumed run continues exactly).
+    """``L_leak`` with its memory banks (buffers: saved in checkpoints, so a resumed run
+    continues exactly).
 
-    ``loss = leak(x, y)`` refits the adversary on [batch ∪ banks] every ``refit_every`` calls
-    (a fit over a few thousand rows of a 500-d code costs more than the rest of the step) and
-    uses the last fit in between; it is 0 until [batch ∪ banks] holds ``min_rows`` rows (a fit
-    on a handful of rows explains noise). Then call ``leak.push(x, y)`` with the (gathered, under DDP)
-    batch.
+    ``loss = leak(x, y)`` fits the adversary on [batch ∪ banks]; it is 0 until they hold
+    ``min_rows`` rows (a fit on a handful of rows explains noise). Then call ``leak.push(x, y)``
+    with the (gathered, under DDP) batch. ``factor_groups`` splits the ``factor_dim`` columns of
+    ``y`` into groups (e.g. pose+eye, then a 500-d lip code) whose shares are summed, so that a
+    wide group does not drown a narrow one; the codes are banked and fitted once for all.
     """
 
-    mean: torch.Tensor
-    std: torch.Tensor
-    weights: torch.Tensor
-    calls: torch.Tensor
-    fitted: torch.Tensor
-
     def __init__(self, code_dim: int, factor_dim: int, bank_size: int = 1024, ridge: float = 0.1,
-                 refit_every: int = 1, min_rows: int = 64) -> None:
+                 min_rows: int = 64, factor_groups: tuple[int, ...] | None = None) -> None:
         super().__init__()
+        if factor_groups is not None and sum(factor_groups) != factor_dim:
+            raise ValueError(f"factor_groups {tuple(factor_groups)} must sum to factor_dim {factor_dim}")
         self.code_bank = MemoryBank(code_dim, bank_size)
         self.factor_bank = MemoryBank(factor_dim, bank_size)
-        self.ridge, self.refit_every = float(ridge), max(int(refit_every), 1)
-        self.register_buffer("mean", torch.zeros(1, code_dim))
-        self.register_buffer("std", torch.ones(1, code_dim))
-        self.register_buffer("weights", torch.zeros(code_dim, factor_dim))
-        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
-        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.ridge = float(ridge)
         self.min_rows = min(int(min_rows), self.code_bank.size)
+        self.factor_groups = None if factor_groups is None else tuple(int(g) for g in factor_groups)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        rows = len(self.code_bank) + len(x)
-        if rows < self.min_rows:  # too few rows for a fit of this width: it would explain noise
-            if self.training:
-                self.calls += 1
+        if len(self.code_bank) + len(x) < self.min_rows:
             return x.sum() * 0.0
-        if self.training and int(self.calls) % self.refit_every == 0 or not bool(self.fitted):
-            stacked = fit_adversary(torch.cat([x.detach().float(), self.code_bank.get()]),
-                                    torch.cat([y.detach().float(), self.factor_bank.get()]), self.ridge)
-            if not self.training:  # validation never changes the training state
-                return explained_share(x, *stacked)
-            for buffer, value in zip((self.mean, self.std, self.weights), stacked):
-                buffer.copy_(value)
-            self.fitted.fill_(True)
-        if self.training:
-            self.calls += 1
-        return explained_share(x, self.mean, self.std, self.weights)
+        fit = fit_adversary(torch.cat([x.detach().float(), self.code_bank.get()]),
+                            torch.cat([y.detach().float(), self.factor_bank.get()]), self.ridge)
+        return explained_share(x, *fit, groups=self.factor_groups)
 
     @torch.no_grad()
     def push(self, x: torch.Tensor, y: torch.Tensor) -> None:

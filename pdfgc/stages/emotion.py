@@ -108,8 +108,9 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         self.audio_bank = MemoryBank(audio_dim, bank_size)
         # What f_exp must not carry: the centre frame's pose (6) and eye (6) codes, and the audio
         # lip code that already drives G's mouth (else f_exp learns the mouth a second time).
-        self.emotion_leakage = LinearLeakage(30, 12, bank_size, leakage_ridge)
-        self.emotion_mouth_leakage = LinearLeakage(30, self.audio.mouth_embed[1].out_features, bank_size, leakage_ridge)
+        mouth_dim = self.audio.mouth_embed[1].out_features
+        self.emotion_leakage = LinearLeakage(30, 12 + mouth_dim, bank_size, leakage_ridge,
+                                             factor_groups=(12, mouth_dim))
         # Standardised first: the class must be readable from the code's direction, not its size.
         self.emotion_classifier = torch.nn.Sequential(torch.nn.BatchNorm1d(30, affine=False),
                                                       torch.nn.Linear(30, num_emotions))
@@ -182,7 +183,8 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         frames, mels, source = batch["frames"], batch["mels"], batch["source"]
         target = frames[:, frames.shape[1] // 2]
         codes = self.window_codes(frames, mels)
-        off_factors = torch.cat([codes["pose"], codes["eye"]], dim=1)  # frozen heads: no gradient
+        # Frozen heads and encoder: no gradient. Pose + eye, then the audio lip code (own group).
+        off_factors = torch.cat([codes["pose"], codes["eye"], codes["mouth"]], dim=1).detach()
         fake = self.render(source, codes)
         d_loss = self.discriminator_step(target, fake)
 
@@ -196,8 +198,7 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
             if self.wants("emotion_class"):
                 terms["emotion_class"] = self.emotion_class_loss(codes["emotion"], batch.get("emotion"))
             if self.wants("emotion_leakage"):
-                terms["emotion_leakage"] = (self.emotion_leakage(codes["emotion"], off_factors)
-                                            + self.emotion_mouth_leakage(codes["emotion"], codes["mouth"]))
+                terms["emotion_leakage"] = self.emotion_leakage(codes["emotion"], off_factors)
             return terms
 
         terms = self.generator_step(losses)
@@ -205,8 +206,6 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         self.audio_bank.push(self.all_gather_flat(codes["audio_window"].detach()))
         self.emotion_leakage.push(self.all_gather_flat(codes["emotion"].detach()),
                                   self.all_gather_flat(off_factors))
-        self.emotion_mouth_leakage.push(self.all_gather_flat(codes["emotion"].detach()),
-                                        self.all_gather_flat(codes["mouth"].detach()))
         self.generator_ema.update_parameters(self.generator)
         self.log_dict({f"train/{k}": v for k, v in terms.items()})
         self.log("train/d_loss", d_loss)
