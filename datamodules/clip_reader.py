@@ -7,6 +7,7 @@ one-line reason for anything unusable, so the dataset can skip the clip and go o
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -109,15 +110,14 @@ class ClipReader:
             raise CorruptClip(f"{what} of shape {array.shape}, expected ({self.num_frames}, {width}): {path}")
         return array
 
-    def _landmarks(self) -> np.ndarray | None:
-        """``(F, 68, 2)`` landmarks of the stored (aligned) frames, or None without a file."""
+    @functools.cached_property
+    def landmarks(self) -> np.ndarray | None:
+        """``(F, 68, 2)`` landmarks of the stored (aligned) frames, or None without a file; read
+        once per reader (landmark samples ask for them every time)."""
         path = self.record.landmarks
         if path is None:
             return None
-        try:
-            landmarks = np.asarray(np.load(path), np.float32)
-        except (OSError, ValueError, EOFError) as exc:
-            raise CorruptClip(f"landmarks unreadable ({type(exc).__name__}): {path}") from None
+        landmarks = self._array(path, "landmarks")
         if landmarks.shape != (self.num_frames, 68, 2):
             raise CorruptClip(f"landmarks of shape {landmarks.shape}, expected ({self.num_frames}, 68, 2)")
         return landmarks
@@ -130,13 +130,13 @@ class ClipReader:
         ``frame_hw`` is the stored frames' ``(H, W)``. Raises :class:`CorruptClip` without a
         landmarks file.
         """
-        landmarks = self._landmarks()
-        if landmarks is None:
+        if self.landmarks is None:
             raise CorruptClip(f"no landmarks.npy for {self.record.clip}")
-        lm = landmarks[np.asarray(frames, int)].astype(np.float64)
+        frames = np.asarray(frames, int)
+        lm = self.landmarks[frames].astype(np.float64)
         iris = np.full((len(lm), 2, 2), np.nan)
         if self.eyes is not None and self.record.eyes is not None:
-            offsets = self.eyes[np.asarray(frames, int), 2:].reshape(-1, 2, 2)
+            offsets = self.eyes[frames, 2:].reshape(-1, 2, 2)
             for e, idx in enumerate((slice(36, 42), slice(42, 48))):
                 pts = lm[:, idx]
                 axis = pts[:, 3] - pts[:, 0]  # image-left corner -> image-right corner: one eye width
@@ -152,7 +152,7 @@ class ClipReader:
             raw = self._labels(record.eyes, "eyes", 6)
             ear, iris = raw[:, :2], raw[:, 2:]
         elif record.landmarks is not None:
-            ear, iris = eye_aspect_ratio(self._landmarks()), np.full((self.num_frames, 4), np.nan, np.float32)
+            ear, iris = eye_aspect_ratio(self.landmarks), np.full((self.num_frames, 4), np.nan, np.float32)
         else:
             return None
         return np.concatenate([eye_openness(ear), iris], axis=1)

@@ -33,7 +33,7 @@ from pdfgc.video import official_crop
 log = logging.getLogger(__name__)
 
 MODES = ("reconstruction", "fine_motion", "emotion", "landmarks")
-READER_CACHE = 512  # clip readers kept per worker (a reader holds the mel and labels: ~100 KB)
+READER_CACHE = 512  # clip readers kept per worker (a reader holds the mel, labels and landmarks: ~100-200 KB)
 
 
 def lip_steps(rng: np.random.Generator, num_frames: int, steps: int, min_gap: int) -> np.ndarray:
