@@ -53,6 +53,11 @@ def worker_init(worker_id: int) -> None:
     pl_worker_init_function(worker_id)
 
 
+def emotion_label(record: ClipRecord) -> torch.Tensor:
+    """The clip's emotion class as an int64 scalar; -1 for an unlabelled clip."""
+    return torch.tensor(-1 if record.emotion is None else record.emotion, dtype=torch.int64)
+
+
 class VoxCeleb2Dataset(Dataset):
     """Random samples of one mode from processed clips.
 
@@ -151,7 +156,7 @@ class VoxCeleb2Dataset(Dataset):
             frame = reader.image(t)
             sample.update(image=official_crop(frame, self.image_size),
                           landmarks=torch.from_numpy(reader.landmarks_at([t], frame.shape[:2])[0]),
-                          emotion=torch.tensor(-1 if record.emotion is None else record.emotion))
+                          emotion=emotion_label(record))
         elif self.mode == "reconstruction":
             src, drv = rng.choice(F, 2, replace=False)
             images = reader.images([src, drv])
@@ -166,7 +171,7 @@ class VoxCeleb2Dataset(Dataset):
             ts = np.arange(start, start + k)
             src = int(rng.integers(F))
             sample.update(frames=reader.images(ts), mels=reader.windows(ts), source=reader.images([src])[0],
-                          emotion=torch.tensor(-1 if record.emotion is None else record.emotion))
+                          emotion=emotion_label(record))
         return sample
 
     def eye_frames(self, rng: np.random.Generator, reader: ClipReader) -> tuple[int, int]:

@@ -39,6 +39,7 @@ from pdfgc.losses import LinearLeakage, MemoryBank, decorrelation_loss, mouth_re
 from pdfgc.networks.codes import compose_style
 from pdfgc.stages.base import EXPORT_FILES, StageModule, freeze, load_weights_file, params_frozen
 from pdfgc.stages.ema import make_ema
+from pdfgc.stages.emotion_labels import emotion_classifier, labelled_cross_entropy
 from pdfgc.stages.gan import GanStepMixin
 
 
@@ -111,9 +112,7 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         mouth_dim = self.audio.mouth_embed[1].out_features
         self.emotion_leakage = LinearLeakage(30, 12 + mouth_dim, bank_size, leakage_ridge,
                                              factor_groups=(12, mouth_dim))
-        # Standardised first: the class must be readable from the code's direction, not its size.
-        self.emotion_classifier = torch.nn.Sequential(torch.nn.BatchNorm1d(30, affine=False),
-                                                      torch.nn.Linear(30, num_emotions))
+        self.emotion_classifier = emotion_classifier(30, num_emotions)
 
     def init_slot_from_file(self, slot: str, directory: Path) -> bool:
         # The generator starts from stage 1's G0 when no stage-3 generator exists yet.
@@ -167,9 +166,8 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         """Cross-entropy of the emotion classifier on f_exp ``(B, 30)`` against clip labels ``(B,)``
         (-1 = unlabelled, ignored); 0 (with a graph) when nothing in the batch is labelled."""
         logits = self.emotion_classifier(emotion)
-        if labels is None or not bool((labels >= 0).any()):
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits, labels.long(), ignore_index=-1)
+        loss = labelled_cross_entropy(logits, labels)
+        return logits.sum() * 0.0 if loss is None else loss
 
     def lip_consistency(self, fake: torch.Tensor, audio_mouth: torch.Tensor) -> torch.Tensor:
         # The lip reader judges G's lips; it must not learn from this loss (only G does).

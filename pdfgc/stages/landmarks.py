@@ -18,8 +18,8 @@ eye, lid gaps, lip gap, mouth width: :func:`pdfgc.losses.heatmaps.motion_offsets
 (MEAD, SynthTalk; ``emotion`` = -1 elsewhere) a linear classifier on f_mot can be trained too
 (``emotion_weight``, ours): landmark positions leave the expression to a few pixels of brow and
 mouth corner against every identity's own neutral face, and stage 3's emotion head can only read
-what f_mot holds. That gradient stops at the heatmaps, which stay landmark maps. The motion heads have no gradient here and are frozen, so that DDP never waits
-for them.
+what f_mot holds. That gradient stops at the heatmaps, which stay landmark maps. The motion
+heads have no gradient here and are frozen, so that DDP never waits for them.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 from pdfgc.losses.heatmaps import NUM_OFFSETS, heatmap_loss, heatmap_peaks, landmark_heatmaps, motion_offsets
 from pdfgc.networks.codes import UNIFIED_MOTION_DIM
 from pdfgc.stages.base import StageModule, freeze
+from pdfgc.stages.emotion_labels import any_labelled, emotion_classifier, labelled_cross_entropy
 
 #: E_mot parts after the landmark heatmaps: trained only through the coordinate read-out
 BOTTLENECK = ("bn5", "conv6", "fc")
@@ -63,8 +64,7 @@ class LandmarkStage(StageModule):
         # f_mot -> (x, y) of every landmark in fractions of the side, centred (this stage only).
         num_points = int(self.motion.model.l0.out_channels)
         self.coordinates = torch.nn.Linear(UNIFIED_MOTION_DIM, 2 * num_points + NUM_OFFSETS)
-        self.emotion_classifier = torch.nn.Sequential(  # this stage only; standardised input
-            torch.nn.BatchNorm1d(UNIFIED_MOTION_DIM, affine=False), torch.nn.Linear(UNIFIED_MOTION_DIM, num_emotions))
+        self.emotion_classifier = emotion_classifier(UNIFIED_MOTION_DIM, num_emotions)  # this stage only
 
     def keep_frozen_in_eval(self) -> None:
         for name, child in self.motion.named_children():
@@ -74,9 +74,8 @@ class LandmarkStage(StageModule):
         heatmaps = self.motion.model.heatmaps(batch["image"])
         points = batch["landmarks"][:, :heatmaps.shape[1]]
         terms = {"heatmaps": heatmap_loss(heatmaps, points, self.image_size, self.sigma)}
-        unified = self.motion.model.bottleneck(heatmaps) if (self.coordinate_weight or self.emotion_weight) else None
         if self.coordinate_weight:
-            read = self.coordinates(unified)
+            read = self.coordinates(self.motion.model.bottleneck(heatmaps))
             target = points / self.image_size - 0.5
             valid = torch.isfinite(target)
             positions = read[:, :2 * points.shape[1]].view(len(points), -1, 2)
@@ -86,11 +85,11 @@ class LandmarkStage(StageModule):
                 ok = torch.isfinite(offsets)
                 terms["offsets"] = torch.nn.functional.mse_loss(read[:, -NUM_OFFSETS:][ok], offsets[ok])
         labels = batch.get("emotion")
-        if self.emotion_weight and labels is not None and bool((labels >= 0).any()):
+        if self.emotion_weight and any_labelled(labels):
             # Through the bottleneck only: with its gradient in the maps, the class (an easier
             # target) took over the hourglass and the landmark error stayed at 24 px (2 px without).
             logits = self.emotion_classifier(self.motion.model.bottleneck(heatmaps.detach()))
-            terms["emotion"] = torch.nn.functional.cross_entropy(logits, labels.long(), ignore_index=-1)
+            terms["emotion"] = labelled_cross_entropy(logits, labels)
             known = labels >= 0
             terms["emotion_accuracy"] = (logits.argmax(1)[known] == labels[known]).float().mean().detach()
         terms["loss"] = (terms["heatmaps"] + self.coordinate_weight * terms.get("coordinates", 0.0)
