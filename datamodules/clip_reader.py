@@ -23,6 +23,13 @@ OPEN_EYE_PERCENTILE = 90  # a clip's "open eye" level: eyes are open most of the
 JPEG_END = b"\xff\xd9"
 
 
+def gaze_offset(eye_state: np.ndarray) -> np.ndarray:
+    """``(..., 6)`` eye state -> ``(..., 2)`` float32: the two irises' mean offset (x, y) in eye
+    widths, what the eye code's gaze dims (2, 3) hold; NaN where the iris is unknown."""
+    iris = np.asarray(eye_state, np.float32)[..., 2:]
+    return np.ascontiguousarray((iris[..., 0:2] + iris[..., 2:4]) / 2)
+
+
 class CorruptClip(Exception):
     """A clip that cannot be used (missing, truncated or inconsistent files); message = reason."""
 

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.clip_reader import gaze_offset
 from datamodules.resumable import ResumableLoader
 from pdfgc.distributed import per_device_batch_size
 from pdfgc.synthtalk.world import ClipPool, WorldConfig, load_or_render_pool
@@ -29,6 +30,16 @@ def to_image(u8: np.ndarray) -> torch.Tensor:
     """(…, S, S, 3) uint8 -> (…, 3, S, S) float32 in [-1, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(u8)).float().div_(127.5).sub_(1.0)
     return t.movedim(-1, -3)
+
+
+def eye_state_row(blink: np.ndarray, gaze: np.ndarray) -> np.ndarray:
+    """One frame's eye state as the VoxCeleb2 reader gives it, ``(6,)`` float32: openness of
+    each eye (1 - closure) and the iris offsets of ``eyes.npy`` (eye widths)."""
+    from pdfgc.synthtalk.export import eye_state
+
+    row = eye_state(np.asarray(blink)[None], np.asarray(gaze)[None])[0]
+    row[:2] = 1.0 - np.asarray(blink, np.float32)
+    return row
 
 
 def paste_eyes(negative: np.ndarray, positive: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -99,7 +110,8 @@ class SynthTalkDataset(Dataset):
             if len(closed) and rng.uniform() < self.eye_blink_prob:  # lids shut are rare: show them more
                 t = int(closed[rng.integers(len(closed))])
             sample.update(image=to_image(p.images[c, t]), landmarks=torch.from_numpy(p.landmarks[c, t]),
-                          emotion=torch.tensor(int(p.emotion[c])))
+                          emotion=torch.tensor(int(p.emotion[c])), pose=torch.from_numpy(p.pose[c, t]),
+                          eyes=torch.from_numpy(eye_state_row(p.blink[c, t], p.gaze[c, t])))
             sample.update(self.ground_truth(c, t))
         elif self.mode == "reconstruction":
             src, drv = rng.choice(F, 2, replace=False)
@@ -153,7 +165,8 @@ class SynthTalkDataset(Dataset):
         boxes = np.concatenate([p.eye_boxes[c, pos], p.eye_boxes[c, neg]])
         anchor = paste_eyes(p.images[c, neg], p.images[c, pos], boxes)
         return {"eye_positive": to_image(p.images[c, pos]), "eye_negative": to_image(p.images[c, neg]),
-                "eye_anchor": to_image(anchor), "eye_open": torch.from_numpy(1.0 - p.blink[c, pos])}
+                "eye_anchor": to_image(anchor), "eye_open": torch.from_numpy(1.0 - p.blink[c, pos]),
+                "eye_gaze": torch.from_numpy(gaze_offset(eye_state_row(p.blink[c, pos], p.gaze[c, pos])))}
 
 
 class SynthTalkDataModule(pl.LightningDataModule):

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.clip_index import ClipRecord, PackedRecords, load_index, split_speakers
-from datamodules.clip_reader import ClipReader, CorruptClip
+from datamodules.clip_reader import ClipReader, CorruptClip, gaze_offset
 from datamodules.resumable import ResumableLoader
 from pdfgc.distributed import per_device_batch_size
 from pdfgc.errors import PdfgcError
@@ -56,6 +56,20 @@ def worker_init(worker_id: int) -> None:
 def emotion_label(record: ClipRecord) -> torch.Tensor:
     """The clip's emotion class as an int64 scalar; -1 for an unlabelled clip."""
     return torch.tensor(-1 if record.emotion is None else record.emotion, dtype=torch.int64)
+
+
+def pose_label(reader, t: int) -> torch.Tensor:
+    """Frame ``t``'s pose label ``(6,)`` float32; NaN where the clip has no pose.npy."""
+    if reader.pose is None:
+        return torch.full((6,), float("nan"))
+    return torch.from_numpy(np.asarray(reader.pose[t], dtype=np.float32))
+
+
+def eye_label(reader, t: int) -> torch.Tensor:
+    """Frame ``t``'s eye state ``(6,)`` float32 (openness A, B; iris A x, y, B x, y); NaN where unknown."""
+    if reader.eyes is None:
+        return torch.full((6,), float("nan"))
+    return torch.from_numpy(np.asarray(reader.eyes[t], dtype=np.float32))
 
 
 class VoxCeleb2Dataset(Dataset):
@@ -156,7 +170,8 @@ class VoxCeleb2Dataset(Dataset):
             frame = reader.image(t)
             sample.update(image=official_crop(frame, self.image_size),
                           landmarks=torch.from_numpy(reader.landmarks_at([t], frame.shape[:2])[0]),
-                          emotion=emotion_label(record))
+                          emotion=emotion_label(record), pose=pose_label(reader, t),
+                          eyes=eye_label(reader, t))
         elif self.mode == "reconstruction":
             src, drv = rng.choice(F, 2, replace=False)
             images = reader.images([src, drv])
@@ -211,6 +226,7 @@ class VoxCeleb2Dataset(Dataset):
                "eye_anchor": paste_strip(negative, positive, EYE_STRIP)}
         if self.with_eye_open:
             out["eye_open"] = torch.from_numpy(np.ascontiguousarray(reader.eyes[pos, :2]))
+            out["eye_gaze"] = torch.from_numpy(gaze_offset(reader.eyes[pos]))
         return out
 
 

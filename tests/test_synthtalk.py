@@ -254,10 +254,11 @@ def small_module(tmp_path_factory):
 @pytest.mark.parametrize("mode,keys", [
     ("reconstruction", {"source": (2, 3, 64, 64), "driver": (2, 3, 64, 64), "gt_pose": (2, 6)}),
     ("fine_motion", {"frames": (2, 5, 3, 64, 64), "mels": (2, 5, 1, 80, 20), "pose": (2, 5, 6),
-                     "eye_anchor": (2, 3, 64, 64), "eye_open": (2, 2), "gt_gaze": (2, 5, 4)}),
+                     "eye_anchor": (2, 3, 64, 64), "eye_open": (2, 2), "eye_gaze": (2, 2), "gt_gaze": (2, 5, 4)}),
     ("emotion", {"frames": (2, 5, 3, 64, 64), "mels": (2, 5, 1, 80, 20), "source": (2, 3, 64, 64),
                  "gt_emotion": (2, 5)}),
-    ("landmarks", {"image": (2, 3, 64, 64), "landmarks": (2, 70, 2), "gt_pose": (2, 6)}),
+    ("landmarks", {"image": (2, 3, 64, 64), "landmarks": (2, 70, 2), "pose": (2, 6), "eyes": (2, 6),
+                   "gt_pose": (2, 6)}),
 ])
 def test_samples_have_the_contract_keys_and_shapes(small_module, mode, keys):
     batch = next(iter(small_module(mode).train_dataloader()))
@@ -273,6 +274,20 @@ def test_samples_have_the_contract_keys_and_shapes(small_module, mode, keys):
     images = [v for k, v in batch.items() if k in ("source", "driver", "frames", "image")]
     assert all(v.min() >= -1 and v.max() <= 1 and v.dtype == torch.float32 for v in images)
     assert batch["speaker"].dtype == torch.int64
+
+
+def test_landmark_samples_carry_the_pose_and_eye_state_of_their_frame(small_module):
+    """Stage 0's read-out labels are the frame's truth on the scale real data has: pose as
+    pose.npy, openness 1 - closure, iris offsets that grow with the gaze angle."""
+    ds = small_module("landmarks").dataset("train", 40)
+    samples = [ds[i] for i in range(40)]
+    for s in samples:
+        assert torch.equal(s["pose"], s["gt_pose"])
+        assert torch.allclose(s["eyes"][:2], 1.0 - s["gt_blink"], atol=1e-6)
+    gaze = torch.stack([s["gt_gaze"] for s in samples])  # (x0, y0, x1, y1) rad
+    iris = torch.stack([s["eyes"][2:] for s in samples])  # (x, y) of eye A, then eye B, eye widths
+    for dim in range(4):
+        assert np.corrcoef(gaze[:, dim], iris[:, dim])[0, 1] > 0.99, dim
 
 
 def test_heldout_speakers_are_disjoint_and_samples_reproducible(small_module):

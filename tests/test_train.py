@@ -102,7 +102,8 @@ def changed(before: dict, module: torch.nn.Module, prefix: str = "") -> list[str
 @pytest.mark.parametrize("coordinate_weight", [1.0, 0.0])
 def test_landmark_stage_trains_the_fan_and_never_the_heads(coordinate_weight, tmp_path, world_cache):
     cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache),
-                         f"model.coordinate_weight={coordinate_weight}", "model.emotion_weight=0"], tmp_path)
+                         f"model.coordinate_weight={coordinate_weight}", "model.emotion_weight=0",
+                         f"model.pose_weight={coordinate_weight}", f"model.eye_weight={coordinate_weight}"], tmp_path)
     datamodule, model = build(cfg)
     motion = snapshot(model.motion)
     fit(cfg, model, datamodule, 3)
@@ -111,17 +112,20 @@ def test_landmark_stage_trains_the_fan_and_never_the_heads(coordinate_weight, tm
     heads = [k for k in changed(motion, model.motion) if not k.startswith("model.")]
     assert heads == [], f"heads changed: {heads[:3]}"
     bottleneck = [k for k in changed(motion, model.motion) if k.startswith(("model.conv6.", "model.fc."))]
-    # the bottleneck learns only through the coordinate read-out
+    # the bottleneck learns only through the read-outs (coordinates, pose, eye state)
     assert bool(bottleneck) == bool(coordinate_weight), bottleneck[:3]
 
 
 @pytest.mark.parametrize("experiment,key,overrides", [
     ("synthtalk/stage0_landmarks", "train/emotion", ["model.emotion_weight=1.0"]),
     ("synthtalk/stage3", "train/emotion_class", ["model.loss_weights.emotion_class=1.0"]),
+    ("synthtalk/stage0_landmarks", "train/pose", ["model.pose_weight=1.0", "model.emotion_weight=0"]),
+    ("synthtalk/stage0_landmarks", "train/eyes", ["model.eye_weight=1.0", "model.emotion_weight=0"]),
 ])
-def test_emotion_labels_train_a_classifier_that_is_not_exported(experiment, key, overrides, tmp_path, world_cache):
-    """Where samples carry ``emotion`` labels, the stage's emotion cross-entropy goes down on an
-    overfit batch; the classifier is a training head and stays out of the export."""
+def test_label_heads_train_and_are_not_exported(experiment, key, overrides, tmp_path, world_cache):
+    """Where samples carry labels (emotion class, pose, eye state), the stage's loss on them goes
+    down on an overfit batch; the classifier / read-out is a training head and stays out of the
+    export, which holds only the network's own keys."""
     cfg = compose_train([f"experiment={experiment}", *tiny(world_cache), *overrides], tmp_path)
     pl.seed_everything(0)
     datamodule, model = build(cfg)
@@ -131,8 +135,34 @@ def test_emotion_labels_train_a_classifier_that_is_not_exported(experiment, key,
     first, last = sum(rec.values[:3]) / 3, sum(rec.values[-3:]) / 3
     assert last < 0.7 * first, f"{key}: {first:.4f} -> {last:.4f}"
     export = model.export(tmp_path / "export")
+    slots = {"motion_model.pth": model.motion}
     for weights in export.glob("*.pth"):
-        assert not any("classifier" in k for k in torch.load(weights, weights_only=True)), weights.name
+        keys = set(torch.load(weights, weights_only=True))
+        assert not any("classifier" in k or "readout" in k for k in keys), weights.name
+        if weights.name in slots:
+            assert keys <= set(slots[weights.name].state_dict()), weights.name
+
+
+def test_stage2_eye_gaze_regresses_only_the_gaze_dims_and_skips_unknown_irises(tmp_path, world_cache):
+    """eye_gaze is the L1 of the positive's eye-code dims 2-3 to the irises' mean offset over
+    gaze_scale; its gradient reaches only those two outputs, and NaN offsets are left out."""
+    cfg = compose_train(["experiment=synthtalk/stage2", *tiny(world_cache), "model.loss_weights.eye_gaze=1.0"], tmp_path)
+    pl.seed_everything(0)
+    datamodule, model = build(cfg)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    terms, _ = model.losses(batch)
+    gaze = model.codes(batch["eye_positive"])["eye"][:, 2:4]
+    expected = (gaze - batch["eye_gaze"] / model.gaze_scale).abs().mean()
+    assert torch.allclose(terms["eye_gaze"], expected, rtol=1e-4), (terms["eye_gaze"], expected)
+    terms["eye_gaze"].backward()
+    grad = model.motion.eye_embed[1].weight.grad.abs().sum(1)
+    assert bool((grad[[2, 3]] > 0).all()) and float(grad[[0, 1, 4, 5]].sum()) == 0.0, grad
+    batch["eye_gaze"][0] = float("nan")  # the first positive's irises unknown
+    unknown, _ = model.losses(batch)
+    gaze = model.codes(batch["eye_positive"])["eye"][1:, 2:4]
+    expected = (gaze - batch["eye_gaze"][1:] / model.gaze_scale).abs().mean()
+    assert torch.allclose(unknown["eye_gaze"], expected, rtol=1e-4)
 
 
 def test_stage1_can_keep_a_given_e_mot_fixed(tmp_path, world_cache):

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from datamodules import resumable
 from datamodules.clip_index import SCANNED_INDEX_NAME, ClipRecord, PackedRecords, load_index, split_speakers
-from datamodules.clip_reader import ClipReader, eye_aspect_ratio, mel_windows_at
+from datamodules.clip_reader import ClipReader, eye_aspect_ratio, gaze_offset, mel_windows_at
 from datamodules.synthtalk import SynthTalkDataset
 from datamodules.voxceleb2 import MODES, VoxCeleb2DataModule, VoxCeleb2Dataset
 from pdfgc import audio as audio_fe
@@ -78,12 +78,17 @@ def test_export_read_back_gives_synthtalks_own_samples(mode, exported, train_poo
             # the irises come back from eyes.npy's offsets (in eye widths from the eye's mean point)
             iris_error = (a["landmarks"][68:] - b["landmarks"][68:]).norm(dim=-1)
             assert iris_error.max() < IRIS_TOLERANCE_PX, f"iris {iris_error.max():.2f} px off"
+            # the labels of stage 0's read-outs: pose.npy, and eyes.npy as openness + iris offsets
+            assert torch.equal(a["pose"], b["pose"]) and torch.isfinite(a["pose"]).all()
+            assert torch.allclose(a["eyes"], b["eyes"], atol=1e-5), (a["eyes"], b["eyes"])
         elif mode != "reconstruction":
             assert torch.equal(a["mels"], b["mels"]), "mel windows equal SynthTalk's frame_windows"
         if mode in ("landmarks", "emotion"):  # the clip's emotion label comes back from index.jsonl
             assert int(a["emotion"]) == int(b["emotion"]) >= 0
         if mode == "fine_motion":
             assert torch.equal(a["pose"], b["pose"]), "pose labels equal"
+            # eyes.npy's iris offsets (the positive may differ: the eye-state scores differ slightly)
+            assert torch.isfinite(a["eye_gaze"]).all() and a["eye_gaze"].abs().max() < 0.35
             top, bottom, left, right = box_to_pixels(EYE_STRIP, WORLD.image_size, WORLD.image_size)
             assert torch.equal(a["eye_anchor"][:, top:bottom, left:right], a["eye_positive"][:, top:bottom, left:right])
             assert torch.equal(a["eye_anchor"][:, bottom:], a["eye_negative"][:, bottom:]), "the rest is the negative"
@@ -97,6 +102,24 @@ def test_clips_without_an_emotion_label_give_minus_one(exported, tmp_path):
     for mode in ("landmarks", "emotion"):
         sample = datamodule(root, mode).dataset("train", 2)[0]
         assert sample["emotion"].dtype == torch.int64 and int(sample["emotion"]) == -1
+
+
+def test_landmark_samples_without_pose_or_eye_files_give_nan_labels(exported, tmp_path):
+    root = copy_tree(exported, tmp_path / "no_labels")
+    index = root / "index.jsonl"
+    lines = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+    drop = {"pose", "eyes"}
+    index.write_text("".join(json.dumps({k: v for k, v in e.items() if k not in drop}) + "\n" for e in lines))
+    sample = datamodule(root, "landmarks").dataset("train", 2)[0]
+    assert sample["pose"].shape == (6,) and torch.isnan(sample["pose"]).all()
+    # without eyes.npy the openness comes from the landmarks' eye aspect ratio; the iris is unknown
+    assert torch.isfinite(sample["eyes"][:2]).all() and torch.isnan(sample["eyes"][2:]).all()
+
+
+def test_gaze_offset_is_the_mean_of_the_two_irises():
+    rows = np.array([[1.0, 1.0, 0.1, -0.2, 0.3, 0.0], [0.5, 0.5, np.nan, np.nan, np.nan, np.nan]], np.float32)
+    np.testing.assert_allclose(gaze_offset(rows)[0], [0.2, -0.1], atol=1e-7)
+    assert np.isnan(gaze_offset(rows)[1]).all() and gaze_offset(rows[0]).shape == (2,)
 
 
 def test_exported_eye_state_reads_back_as_synthtalk_openness(exported, train_pool):

@@ -24,7 +24,7 @@ heads have no gradient here and are frozen, so that DDP never waits for them.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 
@@ -49,7 +49,9 @@ class LandmarkStage(StageModule):
 
     def __init__(self, networks: Mapping, optimizer: Mapping, sigma: float = 1.0,
                  coordinate_weight: float = 1.0, offset_weight: float = 0.0, emotion_weight: float = 0.0,
-                 num_emotions: int = 8) -> None:
+                 num_emotions: int = 8, pose_weight: float = 0.0,
+                 pose_scale: Sequence[float] = (0.3, 0.15, 0.1, 0.03, 0.03, 0.06),
+                 eye_weight: float = 0.0, eye_scale: Sequence[float] = (0.1, 0.1, 0.13, 0.1, 0.13, 0.1)) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
         self.motion = self.build("motion")
@@ -57,14 +59,24 @@ class LandmarkStage(StageModule):
         self.coordinate_weight = float(coordinate_weight)
         self.offset_weight = float(offset_weight)
         self.emotion_weight = float(emotion_weight)
+        # Label read-outs (ours): f_mot -> pose labels and eye state, each divided by its scale.
+        self.readout_weights = {"pose": float(pose_weight), "eyes": float(eye_weight)}
+        for key, scale in (("pose", pose_scale), ("eyes", eye_scale)):
+            scale = torch.as_tensor(list(scale), dtype=torch.float32)
+            if scale.shape != (6,) or bool((scale <= 0).any()):
+                raise ValueError(f"{key} scale must be 6 positive numbers, got {list(scale.tolist())}")
+            self.register_buffer(f"{key}_scale", scale, persistent=False)
         freeze(self.motion)
         for name, child in self.motion.model.named_children():
-            if name not in BOTTLENECK or self.coordinate_weight or self.emotion_weight:
+            if name not in BOTTLENECK or self.coordinate_weight or self.emotion_weight or any(self.readout_weights.values()):
                 child.requires_grad_(True)
         # f_mot -> (x, y) of every landmark in fractions of the side, centred (this stage only).
         num_points = int(self.motion.model.l0.out_channels)
         self.coordinates = torch.nn.Linear(UNIFIED_MOTION_DIM, 2 * num_points + NUM_OFFSETS)
         self.emotion_classifier = emotion_classifier(UNIFIED_MOTION_DIM, num_emotions)  # this stage only
+        # f_mot -> pose / pose_scale and eye state / eye_scale (this stage only; built last, so
+        # that runs without them start from the same initial weights as before).
+        self.readouts = torch.nn.ModuleDict({key: torch.nn.Linear(UNIFIED_MOTION_DIM, 6) for key in self.readout_weights})
 
     def keep_frozen_in_eval(self) -> None:
         for name, child in self.motion.named_children():
@@ -74,8 +86,17 @@ class LandmarkStage(StageModule):
         heatmaps = self.motion.model.heatmaps(batch["image"])
         points = batch["landmarks"][:, :heatmaps.shape[1]]
         terms = {"heatmaps": heatmap_loss(heatmaps, points, self.image_size, self.sigma)}
+        readouts = [k for k, w in self.readout_weights.items()
+                    if w and batch.get(k) is not None and bool(torch.isfinite(batch[k]).any())]
+        unified = self.motion.model.bottleneck(heatmaps) if self.coordinate_weight or readouts else None
+        for key in readouts:
+            # tx, ty, scale and vertical gaze move points by a pixel or less at 64 px, under the
+            # maps' 4 px cells: the read-outs ask f_mot to state them (NaN labels are skipped).
+            target = batch[key].to(unified.dtype) / getattr(self, f"{key}_scale")
+            ok = torch.isfinite(target)
+            terms[key] = torch.nn.functional.mse_loss(self.readouts[key](unified)[ok], target[ok])
         if self.coordinate_weight:
-            read = self.coordinates(self.motion.model.bottleneck(heatmaps))
+            read = self.coordinates(unified)
             target = points / self.image_size - 0.5
             valid = torch.isfinite(target)
             positions = read[:, :2 * points.shape[1]].view(len(points), -1, 2)
@@ -94,7 +115,8 @@ class LandmarkStage(StageModule):
             terms["emotion_accuracy"] = (logits.argmax(1)[known] == labels[known]).float().mean().detach()
         terms["loss"] = (terms["heatmaps"] + self.coordinate_weight * terms.get("coordinates", 0.0)
                          + self.offset_weight * terms.get("offsets", 0.0)
-                         + self.emotion_weight * terms.get("emotion", 0.0))
+                         + self.emotion_weight * terms.get("emotion", 0.0)
+                         + sum(w * terms.get(k, 0.0) for k, w in self.readout_weights.items()))
         with torch.no_grad():
             error = (heatmap_peaks(heatmaps, self.image_size) - points).norm(dim=-1)
             error = error[torch.isfinite(error)]
@@ -131,4 +153,5 @@ class LandmarkStage(StageModule):
 
     def configure_optimizers(self):
         return self.adam({"motion": self.motion.parameters(), "coordinates": self.coordinates.parameters(),
-                          "emotion_classifier": self.emotion_classifier.parameters()})
+                          "emotion_classifier": self.emotion_classifier.parameters(),
+                          "readouts": self.readouts.parameters()})
