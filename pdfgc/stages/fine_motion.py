@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from pdfgc.losses import audio_visual_infonce, eye_triplet_loss
 from pdfgc.losses import LinearLeakage
-from pdfgc.networks.codes import BLINK_DIMS
+from pdfgc.networks.codes import BLINK_DIMS, GAZE_DIMS
 from pdfgc.stages.base import StageModule, freeze
 
 
@@ -52,6 +52,7 @@ class FineMotionStage(StageModule):
         pose_scale: tuple[float, ...] | None = None,
         leakage_bank_size: int = 1024,
         leakage_ridge: float = 0.1,
+        gaze_scale: float = 0.1,
     ) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
@@ -67,6 +68,9 @@ class FineMotionStage(StageModule):
         self.lip_temperature = lip_temperature
         self.lip_similarity = lip_similarity
         self.eye_temperature = eye_temperature
+        if gaze_scale <= 0:
+            raise ValueError(f"gaze_scale must be positive, got {gaze_scale}")
+        self.gaze_scale = float(gaze_scale)
         lip_dim = self.motion.mouth_embed[1].out_features
         # What the lip code must not carry: the 6 pose labels and the 6 eye-code dims. (The clip's
         # emotion one-hot was tried as well: lip/emotion 0.23 against 0.21 without, lip/mouth lower.)
@@ -118,6 +122,14 @@ class FineMotionStage(StageModule):
             blink = positive[:, list(BLINK_DIMS)]
             target = batch["eye_open"].to(blink.dtype).repeat_interleave(2, dim=1)
             terms["eye_openness"] = F.l1_loss(blink, target)
+        if "eye_gaze" in batch and self.loss_weights.get("eye_gaze", 0.0):
+            # Ours: dims 2-3 regress the irises' mean offset (x, y; eye widths, / gaze_scale), so
+            # that gaze is stated there, not only told apart by the triplet (NaN: unknown iris).
+            gaze = positive[:, list(GAZE_DIMS)]
+            target = batch["eye_gaze"].to(gaze.dtype) / self.gaze_scale
+            known = torch.isfinite(target)
+            if bool(known.any()):
+                terms["eye_gaze"] = F.l1_loss(gaze[known], target[known])
         total = sum(self.loss_weights.get(k, 0.0) * v for k, v in terms.items() if not k.endswith("accuracy"))
         terms["total"] = total
         return terms, (codes["lip"].detach(), off_factors)
