@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from pdfgc.errors import PdfgcError
+from pdfgc.stages.landmarks import known_mse
 from pdfgc.training import resolve_ckpt_path, run, train_stage
 
 from conftest import CONFIG_DIR, REPO_ROOT, compose_train
@@ -141,6 +142,30 @@ def test_label_heads_train_and_are_not_exported(experiment, key, overrides, tmp_
         assert not any("classifier" in k or "readout" in k for k in keys), weights.name
         if weights.name in slots:
             assert keys <= set(slots[weights.name].state_dict()), weights.name
+
+
+def test_known_mse_skips_unknown_labels_and_keeps_a_graph():
+    prediction = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    target = torch.tensor([[0.0, float("nan")], [1.0, 4.0]])
+    assert float(known_mse(prediction, target)) == pytest.approx((1 + 4 + 0) / 3)
+    nothing = known_mse(prediction, torch.full((2, 2), float("nan")))
+    nothing.backward()  # no label known: 0, and every input still gets a (zero) gradient
+    assert float(nothing) == 0.0 and torch.equal(prediction.grad, torch.zeros(2, 2))
+
+
+def test_stage0_unlabelled_batches_still_reach_every_readout(tmp_path, world_cache):
+    """A batch with no pose, eye or emotion label (a corpus without them, on one DDP rank) gives
+    zero read-out losses that still reach every read-out, so DDP never waits for a gradient."""
+    cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache)], tmp_path)
+    datamodule, model = build(cfg)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    batch["pose"][:], batch["eyes"][:], batch["emotion"][:] = float("nan"), float("nan"), -1
+    terms = model.step(batch)
+    assert float(terms["pose"]) == float(terms["eyes"]) == float(terms["emotion"]) == 0.0
+    terms["loss"].backward()
+    for head in (model.readouts["pose"], model.readouts["eyes"], model.emotion_classifier[1]):
+        assert head.weight.grad is not None and float(head.weight.grad.abs().sum()) == 0.0
 
 
 def test_stage2_eye_gaze_regresses_only_the_gaze_dims_and_skips_unknown_irises(tmp_path, world_cache):

@@ -18,7 +18,10 @@ eye, lid gaps, lip gap, mouth width: :func:`pdfgc.losses.heatmaps.motion_offsets
 (MEAD, SynthTalk; ``emotion`` = -1 elsewhere) a linear classifier on f_mot can be trained too
 (``emotion_weight``, ours): landmark positions leave the expression to a few pixels of brow and
 mouth corner against every identity's own neutral face, and stage 3's emotion head can only read
-what f_mot holds. That gradient stops at the heatmaps, which stay landmark maps. The motion
+what f_mot holds. That gradient stops at the heatmaps, which stay landmark maps. Where the data
+has pose labels (``pose.npy``) and eye state (``eyes.npy``), linear read-outs of those from f_mot
+can be trained as well (``pose_weight``, ``eye_weight``, ours): head translation, scale and a
+vertical glance move the points by a pixel or less, under the maps' 4 px cells at 64 px. The motion
 heads have no gradient here and are frozen, so that DDP never waits for them.
 """
 
@@ -37,6 +40,14 @@ from pdfgc.stages.emotion_labels import any_labelled, emotion_classifier, labell
 BOTTLENECK = ("bn5", "conv6", "fc")
 
 
+def known_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the finite entries of ``target`` (same shape as ``prediction``);
+    0, still with a graph, when none is (so DDP gets a gradient for every read-out)."""
+    known = torch.isfinite(target)
+    error = torch.where(known, prediction - torch.nan_to_num(target), torch.zeros_like(prediction))
+    return error.square().sum() / known.sum().clamp(min=1)
+
+
 class LandmarkStage(StageModule):
     """Stage 0 (landmarks) LightningModule: trains E_mot's FAN up to its heatmaps.
 
@@ -51,7 +62,8 @@ class LandmarkStage(StageModule):
                  coordinate_weight: float = 1.0, offset_weight: float = 0.0, emotion_weight: float = 0.0,
                  num_emotions: int = 8, pose_weight: float = 0.0,
                  pose_scale: Sequence[float] = (0.3, 0.15, 0.1, 0.03, 0.03, 0.06),
-                 eye_weight: float = 0.0, eye_scale: Sequence[float] = (0.1, 0.1, 0.13, 0.1, 0.13, 0.1)) -> None:
+                 eye_weight: float = 0.0,
+                 eye_scale: Sequence[float] = (0.1, 0.1, 0.13, 0.1, 0.13, 0.1)) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
         self.motion = self.build("motion")
@@ -67,8 +79,9 @@ class LandmarkStage(StageModule):
                 raise ValueError(f"{key} scale must be 6 positive numbers, got {list(scale.tolist())}")
             self.register_buffer(f"{key}_scale", scale, persistent=False)
         freeze(self.motion)
+        reads_out = self.coordinate_weight or self.emotion_weight or any(self.readout_weights.values())
         for name, child in self.motion.model.named_children():
-            if name not in BOTTLENECK or self.coordinate_weight or self.emotion_weight or any(self.readout_weights.values()):
+            if name not in BOTTLENECK or reads_out:
                 child.requires_grad_(True)
         # f_mot -> (x, y) of every landmark in fractions of the side, centred (this stage only).
         num_points = int(self.motion.model.l0.out_channels)
@@ -76,7 +89,7 @@ class LandmarkStage(StageModule):
         self.emotion_classifier = emotion_classifier(UNIFIED_MOTION_DIM, num_emotions)  # this stage only
         # f_mot -> pose / pose_scale and eye state / eye_scale (this stage only; built last, so
         # that runs without them start from the same initial weights as before).
-        self.readouts = torch.nn.ModuleDict({key: torch.nn.Linear(UNIFIED_MOTION_DIM, 6) for key in self.readout_weights})
+        self.readouts = torch.nn.ModuleDict({k: torch.nn.Linear(UNIFIED_MOTION_DIM, 6) for k in self.readout_weights})
 
     def keep_frozen_in_eval(self) -> None:
         for name, child in self.motion.named_children():
@@ -86,15 +99,13 @@ class LandmarkStage(StageModule):
         heatmaps = self.motion.model.heatmaps(batch["image"])
         points = batch["landmarks"][:, :heatmaps.shape[1]]
         terms = {"heatmaps": heatmap_loss(heatmaps, points, self.image_size, self.sigma)}
-        readouts = [k for k, w in self.readout_weights.items()
-                    if w and batch.get(k) is not None and bool(torch.isfinite(batch[k]).any())]
+        readouts = [k for k, w in self.readout_weights.items() if w and batch.get(k) is not None]
         unified = self.motion.model.bottleneck(heatmaps) if self.coordinate_weight or readouts else None
         for key in readouts:
             # tx, ty, scale and vertical gaze move points by a pixel or less at 64 px, under the
-            # maps' 4 px cells: the read-outs ask f_mot to state them (NaN labels are skipped).
+            # maps' 4 px cells: the read-outs ask f_mot to state them.
             target = batch[key].to(unified.dtype) / getattr(self, f"{key}_scale")
-            ok = torch.isfinite(target)
-            terms[key] = torch.nn.functional.mse_loss(self.readouts[key](unified)[ok], target[ok])
+            terms[key] = known_mse(self.readouts[key](unified), target)
         if self.coordinate_weight:
             read = self.coordinates(unified)
             target = points / self.image_size - 0.5
@@ -106,13 +117,16 @@ class LandmarkStage(StageModule):
                 ok = torch.isfinite(offsets)
                 terms["offsets"] = torch.nn.functional.mse_loss(read[:, -NUM_OFFSETS:][ok], offsets[ok])
         labels = batch.get("emotion")
-        if self.emotion_weight and any_labelled(labels):
+        if self.emotion_weight and labels is not None:
             # Through the bottleneck only: with its gradient in the maps, the class (an easier
             # target) took over the hourglass and the landmark error stayed at 24 px (2 px without).
             logits = self.emotion_classifier(self.motion.model.bottleneck(heatmaps.detach()))
-            terms["emotion"] = labelled_cross_entropy(logits, labels)
-            known = labels >= 0
-            terms["emotion_accuracy"] = (logits.argmax(1)[known] == labels[known]).float().mean().detach()
+            loss = labelled_cross_entropy(logits, labels)
+            # An unlabelled batch still gives the classifier a (zero) gradient, so DDP never waits.
+            terms["emotion"] = logits.sum() * 0.0 if loss is None else loss
+            if any_labelled(labels):
+                known = labels >= 0
+                terms["emotion_accuracy"] = (logits.argmax(1)[known] == labels[known]).float().mean().detach()
         terms["loss"] = (terms["heatmaps"] + self.coordinate_weight * terms.get("coordinates", 0.0)
                          + self.offset_weight * terms.get("offsets", 0.0)
                          + self.emotion_weight * terms.get("emotion", 0.0)
