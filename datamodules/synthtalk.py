@@ -120,7 +120,7 @@ class SynthTalkDataset(Dataset):
         elif self.mode == "fine_motion":
             ts = self.lip_steps(rng, F)
             sample.update(frames=to_image(p.images[c, ts]), mels=torch.from_numpy(p.windows[c, ts]),
-                          pose=torch.from_numpy(p.pose[c, ts]))
+                          pose=torch.from_numpy(p.pose[c, ts]), emotion=torch.tensor(int(p.emotion[c])))
             sample.update(self.eye_triplet(rng, c))
             sample.update(self.ground_truth(c, ts))
         else:

@@ -178,7 +178,8 @@ class VoxCeleb2Dataset(Dataset):
             sample.update(source=images[0], driver=images[1])
         elif self.mode == "fine_motion":
             ts = lip_steps(rng, F, self.num_lip_steps, self.lip_min_gap)
-            sample.update(frames=reader.images(ts), mels=reader.windows(ts), pose=torch.from_numpy(reader.pose[ts]))
+            sample.update(frames=reader.images(ts), mels=reader.windows(ts), pose=torch.from_numpy(reader.pose[ts]),
+                          emotion=emotion_label(record))
             sample.update(self.eye_triplet(rng, reader))
         else:
             k = self.emotion_window

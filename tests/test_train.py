@@ -190,6 +190,24 @@ def test_stage2_eye_gaze_regresses_only_the_gaze_dims_and_skips_unknown_irises(t
     assert torch.allclose(unknown["eye_gaze"], expected, rtol=1e-4)
 
 
+def test_stage2_lip_adversary_reads_the_emotion_class_where_clips_are_labelled(tmp_path, world_cache):
+    """lip_leakage_emotions=C adds the one-hot of each clip's class to the lip code's off-factors,
+    one row per time step; unlabelled clips (-1) get zeros; 0 leaves the paper's 12 columns."""
+    overrides = [*tiny(world_cache), "model.lip_leakage_emotions=8"]
+    datamodule, model = build(compose_train(["experiment=synthtalk/stage2", *overrides], tmp_path))
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    steps = batch["frames"].shape[1]
+    batch["emotion"] = torch.tensor([3, -1])
+    _, (lip, off_factors) = model.losses(batch)
+    assert off_factors.shape == (2 * steps, 20) and lip.shape[0] == 2 * steps
+    emotion = off_factors[:, 12:]
+    assert torch.equal(emotion[:steps], torch.eye(8)[3].expand(steps, -1)) and not emotion[steps:].any()
+    _, plain = build(compose_train(["experiment=synthtalk/stage2", *tiny(world_cache),
+                                    "model.lip_leakage_emotions=0"], tmp_path / "plain"))
+    assert plain.losses(batch)[1][1].shape == (2 * steps, 12)
+
+
 def test_stage1_can_keep_a_given_e_mot_fixed(tmp_path, world_cache):
     """train_motion=false (SynthTalk, after the landmark stage): E_mot, BN statistics included,
     is exactly as given while E_app and G0 train."""

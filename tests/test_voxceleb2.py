@@ -83,7 +83,7 @@ def test_export_read_back_gives_synthtalks_own_samples(mode, exported, train_poo
             assert torch.allclose(a["eyes"], b["eyes"], atol=1e-5), (a["eyes"], b["eyes"])
         elif mode != "reconstruction":
             assert torch.equal(a["mels"], b["mels"]), "mel windows equal SynthTalk's frame_windows"
-        if mode in ("landmarks", "emotion"):  # the clip's emotion label comes back from index.jsonl
+        if mode in ("landmarks", "fine_motion", "emotion"):  # the clip's emotion label comes back from index.jsonl
             assert int(a["emotion"]) == int(b["emotion"]) >= 0
         if mode == "fine_motion":
             assert torch.equal(a["pose"], b["pose"]), "pose labels equal"
@@ -99,7 +99,7 @@ def test_clips_without_an_emotion_label_give_minus_one(exported, tmp_path):
     index = root / "index.jsonl"
     lines = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
     index.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "emotion"}) + "\n" for e in lines))
-    for mode in ("landmarks", "emotion"):
+    for mode in ("landmarks", "fine_motion", "emotion"):
         sample = datamodule(root, mode).dataset("train", 2)[0]
         assert sample["emotion"].dtype == torch.int64 and int(sample["emotion"]) == -1
 

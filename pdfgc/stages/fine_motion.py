@@ -53,6 +53,7 @@ class FineMotionStage(StageModule):
         leakage_bank_size: int = 1024,
         leakage_ridge: float = 0.1,
         gaze_scale: float = 0.1,
+        lip_leakage_emotions: int = 0,
     ) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
@@ -72,9 +73,10 @@ class FineMotionStage(StageModule):
             raise ValueError(f"gaze_scale must be positive, got {gaze_scale}")
         self.gaze_scale = float(gaze_scale)
         lip_dim = self.motion.mouth_embed[1].out_features
-        # What the lip code must not carry: the 6 pose labels and the 6 eye-code dims. (The clip's
-        # emotion one-hot was tried as well: lip/emotion 0.23 against 0.21 without, lip/mouth lower.)
-        self.lip_leakage = LinearLeakage(lip_dim, 12, leakage_bank_size, leakage_ridge)
+        # What the lip code must not carry: the 6 pose labels, the 6 eye-code dims and, where clips
+        # are labelled, the emotion class as one-hot columns (unlabelled rows: all zero).
+        self.lip_leakage_emotions = int(lip_leakage_emotions)
+        self.lip_leakage = LinearLeakage(lip_dim, 12 + self.lip_leakage_emotions, leakage_bank_size, leakage_ridge)
         self.freeze_backbone()
 
     def freeze_backbone(self) -> None:
@@ -110,7 +112,7 @@ class FineMotionStage(StageModule):
                               batch["pose"].flatten(0, 1).to(codes["pose"].dtype) / self.pose_scale),
         }
         pose_labels = batch["pose"].flatten(0, 1).to(codes["lip"].dtype)
-        off_factors = torch.cat([pose_labels, codes["eye"].detach()], dim=1)
+        off_factors = torch.cat([pose_labels, codes["eye"].detach(), self.emotion_columns(batch, n)], dim=1)
         if self.loss_weights.get("lip_leakage", 0.0):
             terms["lip_leakage"] = self.lip_leakage(codes["lip"], off_factors)
         eyes = self.codes(torch.cat([batch["eye_anchor"], batch["eye_positive"], batch["eye_negative"]]))["eye"]
@@ -133,6 +135,18 @@ class FineMotionStage(StageModule):
         total = sum(self.loss_weights.get(k, 0.0) * v for k, v in terms.items() if not k.endswith("accuracy"))
         terms["total"] = total
         return terms, (codes["lip"].detach(), off_factors)
+
+    def emotion_columns(self, batch, steps: int) -> torch.Tensor:
+        """``(B*steps, lip_leakage_emotions)`` one-hot of each clip's ``emotion`` label per time
+        step (zeros for -1 = unlabelled, and for data without labels); ``(B*steps, 0)`` when off."""
+        frames = batch["frames"]
+        rows = frames.shape[0] * steps
+        labels = batch.get("emotion")
+        if not self.lip_leakage_emotions or labels is None:
+            return frames.new_zeros(rows, self.lip_leakage_emotions)
+        labels = labels.long().repeat_interleave(steps)
+        one_hot = F.one_hot((labels + 1).clamp(min=0), self.lip_leakage_emotions + 1)[:, 1:]
+        return one_hot.to(frames.dtype)
 
     def training_step(self, batch, batch_idx):
         terms, (lip, off_factors) = self.losses(batch)
