@@ -12,8 +12,11 @@ Three heads on f_mot (paper Fig. 2, middle), the E_mot backbone frozen:
   the other) to that eye's openness when the data provides it (SynthTalk ground truth; eye aspect ratio of landmarks on real data),
   so blink and gaze live in the dims the release's masks expect;
 * lip leakage (ours, :mod:`pdfgc.losses.leakage`): the visual lip code must not let a linear
-  adversary read the pose labels or the (detached) eye code of its frame. f_mot carries pose
-  and blinks, and the InfoNCE alone keeps whatever of them the lip code copies.
+  adversary read the pose labels or the (detached) eye code of its frame, nor, with
+  ``lip_leakage_emotions``, the clip's emotion class where clips are labelled. f_mot carries
+  pose, blinks and the expression's mouth shape, and the InfoNCE (whose negatives share the
+  clip's emotion) alone keeps whatever of them the lip code copies;
+* eye gaze (ours, ``eye_gaze``): the gaze dims (2, 3) regress the irises' mean offset.
 """
 
 from __future__ import annotations
