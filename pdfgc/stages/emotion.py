@@ -165,9 +165,7 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
     def emotion_class_loss(self, emotion: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Cross-entropy of the emotion classifier on f_exp ``(B, 30)`` against clip labels ``(B,)``
         (-1 = unlabelled, ignored); 0 (with a graph) when nothing in the batch is labelled."""
-        logits = self.emotion_classifier(emotion)
-        loss = labelled_cross_entropy(logits, labels)
-        return logits.sum() * 0.0 if loss is None else loss
+        return labelled_cross_entropy(self.emotion_classifier(emotion), labels)
 
     def lip_consistency(self, fake: torch.Tensor, audio_mouth: torch.Tensor) -> torch.Tensor:
         # The lip reader judges G's lips; it must not learn from this loss (only G does).

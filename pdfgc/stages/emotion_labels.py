@@ -24,9 +24,10 @@ def any_labelled(labels: torch.Tensor | None) -> bool:
     return labels is not None and bool((labels >= 0).any())
 
 
-def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     """Cross-entropy of ``logits (B, C)`` against clip labels ``(B,)``, unlabelled (-1) rows
-    ignored; None when no row of the batch is labelled (see :func:`any_labelled`)."""
+    ignored; 0, still with a graph, when no row of the batch is labelled (see
+    :func:`any_labelled`), so that under DDP the classifier gets a gradient on every rank."""
     if not any_labelled(labels):
-        return None
+        return logits.sum() * 0.0
     return F.cross_entropy(logits, labels.long(), ignore_index=-1)
