@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from pdfgc.errors import PdfgcError
+from pdfgc.stages.base import positive_scale
 from pdfgc.stages.landmarks import known_mse
 from pdfgc.training import resolve_ckpt_path, run, train_stage
 
@@ -142,6 +143,14 @@ def test_label_heads_train_and_are_not_exported(experiment, key, overrides, tmp_
         assert not any("classifier" in k or "readout" in k for k in keys), weights.name
         if weights.name in slots:
             assert keys <= set(slots[weights.name].state_dict()), weights.name
+
+
+def test_label_scales_from_config_must_be_positive_and_complete():
+    assert torch.equal(positive_scale([0.3, 0.15, 0.1, 0.03, 0.03, 0.06], "pose_scale"),
+                       torch.tensor([0.3, 0.15, 0.1, 0.03, 0.03, 0.06]))
+    for bad in ([0.1] * 5, [0.1, 0.1, 0.0, 0.1, 0.1, 0.1]):
+        with pytest.raises(ValueError, match="eye_scale must be 6 positive numbers"):
+            positive_scale(bad, "eye_scale")
 
 
 def test_known_mse_skips_unknown_labels_and_keeps_a_graph():

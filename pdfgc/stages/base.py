@@ -61,6 +61,15 @@ def params_frozen(module: nn.Module):
             p.requires_grad_(flag)
 
 
+def positive_scale(values: Iterable[float], name: str, size: int = 6) -> torch.Tensor:
+    """A per-dimension spread from config as a float32 ``(size,)`` tensor (labels are divided by
+    it); ValueError naming ``name`` unless it is ``size`` positive numbers."""
+    scale = torch.as_tensor(list(values), dtype=torch.float32)
+    if scale.shape != (size,) or bool((scale <= 0).any()):
+        raise ValueError(f"{name} must be {size} positive numbers, got {list(scale.tolist())}")
+    return scale
+
+
 def freeze(module: nn.Module) -> nn.Module:
     """Stop gradients into ``module`` and keep its batch-norm statistics fixed (eval mode).
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pdfgc.losses import audio_visual_infonce, eye_triplet_loss
 from pdfgc.losses import LinearLeakage
 from pdfgc.networks.codes import BLINK_DIMS, GAZE_DIMS
-from pdfgc.stages.base import StageModule, freeze
+from pdfgc.stages.base import StageModule, freeze, positive_scale
 
 
 class FineMotionStage(StageModule):
@@ -63,9 +63,7 @@ class FineMotionStage(StageModule):
         self.loss_weights = dict(loss_weights)
         # The six pose labels differ in scale by 10x (yaw ~0.3 rad, tx ~0.03 of the side): the L1
         # is taken on label / scale so that every dimension counts, the head still outputs labels.
-        scale = torch.ones(6) if pose_scale is None else torch.as_tensor(list(pose_scale), dtype=torch.float32)
-        if scale.shape != (6,) or bool((scale <= 0).any()):
-            raise ValueError(f"pose_scale must be 6 positive numbers, got {list(scale.tolist())}")
+        scale = torch.ones(6) if pose_scale is None else positive_scale(pose_scale, "pose_scale")
         self.register_buffer("pose_scale", scale, persistent=False)
         self.motion = self.build("motion")
         self.audio = self.build("audio")

@@ -33,7 +33,7 @@ import torch
 
 from pdfgc.losses.heatmaps import NUM_OFFSETS, heatmap_loss, heatmap_peaks, landmark_heatmaps, motion_offsets
 from pdfgc.networks.codes import UNIFIED_MOTION_DIM
-from pdfgc.stages.base import StageModule, freeze
+from pdfgc.stages.base import StageModule, freeze, positive_scale
 from pdfgc.stages.emotion_labels import any_labelled, emotion_classifier, labelled_cross_entropy
 
 #: E_mot parts after the landmark heatmaps: trained only through the coordinate read-out
@@ -73,11 +73,8 @@ class LandmarkStage(StageModule):
         self.emotion_weight = float(emotion_weight)
         # Label read-outs (ours): f_mot -> pose labels and eye state, each divided by its scale.
         self.readout_weights = {"pose": float(pose_weight), "eyes": float(eye_weight)}
-        for key, scale in (("pose", pose_scale), ("eyes", eye_scale)):
-            scale = torch.as_tensor(list(scale), dtype=torch.float32)
-            if scale.shape != (6,) or bool((scale <= 0).any()):
-                raise ValueError(f"{key} scale must be 6 positive numbers, got {list(scale.tolist())}")
-            self.register_buffer(f"{key}_scale", scale, persistent=False)
+        self.register_buffer("pose_scale", positive_scale(pose_scale, "pose_scale"), persistent=False)
+        self.register_buffer("eyes_scale", positive_scale(eye_scale, "eye_scale"), persistent=False)
         freeze(self.motion)
         reads_out = self.coordinate_weight or self.emotion_weight or any(self.readout_weights.values())
         for name, child in self.motion.model.named_children():
