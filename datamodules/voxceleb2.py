@@ -58,18 +58,12 @@ def emotion_label(record: ClipRecord) -> torch.Tensor:
     return torch.tensor(-1 if record.emotion is None else record.emotion, dtype=torch.int64)
 
 
-def pose_label(reader, t: int) -> torch.Tensor:
-    """Frame ``t``'s pose label ``(6,)`` float32; NaN where the clip has no pose.npy."""
-    if reader.pose is None:
-        return torch.full((6,), float("nan"))
-    return torch.from_numpy(np.asarray(reader.pose[t], dtype=np.float32))
-
-
-def eye_label(reader, t: int) -> torch.Tensor:
-    """Frame ``t``'s eye state ``(6,)`` float32 (openness A, B; iris A x, y, B x, y); NaN where unknown."""
-    if reader.eyes is None:
-        return torch.full((6,), float("nan"))
-    return torch.from_numpy(np.asarray(reader.eyes[t], dtype=np.float32))
+def frame_label(labels: np.ndarray | None, t: int, width: int = 6) -> torch.Tensor:
+    """Row ``t`` of a clip's per-frame labels ``(F, width)`` (the reader's ``pose`` or ``eyes``)
+    as float32 ``(width,)``; NaN where the clip has no such file."""
+    if labels is None:
+        return torch.full((width,), float("nan"))
+    return torch.from_numpy(np.asarray(labels[t], dtype=np.float32))
 
 
 class VoxCeleb2Dataset(Dataset):
@@ -170,8 +164,8 @@ class VoxCeleb2Dataset(Dataset):
             frame = reader.image(t)
             sample.update(image=official_crop(frame, self.image_size),
                           landmarks=torch.from_numpy(reader.landmarks_at([t], frame.shape[:2])[0]),
-                          emotion=emotion_label(record), pose=pose_label(reader, t),
-                          eyes=eye_label(reader, t))
+                          emotion=emotion_label(record), pose=frame_label(reader.pose, t),
+                          eyes=frame_label(reader.eyes, t))
         elif self.mode == "reconstruction":
             src, drv = rng.choice(F, 2, replace=False)
             images = reader.images([src, drv])
