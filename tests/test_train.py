@@ -177,6 +177,21 @@ def test_stage0_unlabelled_batches_still_reach_every_readout(tmp_path, world_cac
         assert head.weight.grad is not None and float(head.weight.grad.abs().sum()) == 0.0
 
 
+def test_stage0_heads_whose_loss_is_off_are_frozen_so_ddp_waits_for_no_gradient(tmp_path, world_cache):
+    """With every optional stage-0 loss off (the model config's defaults), one step's backward
+    reaches every trainable parameter: DDP without find_unused_parameters would otherwise hang."""
+    off = ["model.emotion_weight=0", "model.pose_weight=0", "model.eye_weight=0"]
+    for overrides in (off, [*off, "model.coordinate_weight=0"], ["model.pose_weight=1.0"]):
+        cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache), *overrides], tmp_path)
+        datamodule, model = build(cfg)
+        datamodule.setup("fit")
+        model.step(next(iter(datamodule.train_dataloader())))["loss"].backward()
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert missing == [], (overrides, missing[:3])
+        assert model.readouts["pose"].weight.requires_grad == ("model.pose_weight=1.0" in overrides)
+        assert model.coordinates.weight.requires_grad == ("model.coordinate_weight=0" not in overrides)
+
+
 def test_stage2_eye_gaze_regresses_only_the_gaze_dims_and_skips_unknown_irises(tmp_path, world_cache):
     """eye_gaze is the L1 of the positive's eye-code dims 2-3 to the irises' mean offset over
     gaze_scale; its gradient reaches only those two outputs, and NaN offsets are left out."""

@@ -87,6 +87,11 @@ class LandmarkStage(StageModule):
         # f_mot -> pose / pose_scale and eye state / eye_scale (this stage only; built last, so
         # that runs without them start from the same initial weights as before).
         self.readouts = torch.nn.ModuleDict({k: torch.nn.Linear(UNIFIED_MOTION_DIM, 6) for k in self.readout_weights})
+        # A head whose loss is off gets no gradient; frozen, it is left out of the optimiser and of
+        # DDP's gradient reduction (which would otherwise wait for it forever).
+        for head, weight in ((self.coordinates, self.coordinate_weight), (self.emotion_classifier, self.emotion_weight),
+                             *((self.readouts[k], w) for k, w in self.readout_weights.items())):
+            head.requires_grad_(bool(weight))
 
     def keep_frozen_in_eval(self) -> None:
         for name, child in self.motion.named_children():
