@@ -483,6 +483,26 @@ def test_motion_offsets_are_the_iris_lid_and_lip_differences():
     assert torch.isnan(motion_offsets(points[:, :68])[0, :4]).all(), "no iris points: NaN iris offsets"
 
 
+def test_expression_offsets_are_brow_corner_and_lower_lid_differences():
+    from pdfgc.losses.heatmaps import NUM_EXPRESSION_OFFSETS, expression_offsets
+
+    points = torch.zeros(1, 68, 2)
+    points[0, [37, 38], 1] = torch.tensor([10.0, 12.0])   # eye A's upper lid at y 11
+    points[0, [43, 44], 1] = 11.0                          # eye B's too
+    points[0, 21] = torch.tensor([30.0, 6.0])              # inner brow A 5 above its lid
+    points[0, 22] = torch.tensor([34.0, 7.0])              # inner brow B 4 above; 4 apart
+    points[0, 17, 1], points[0, 26, 1] = 8.0, 9.0          # outer brows 3 and 2 above
+    points[0, 51, 1], points[0, 57, 1] = 40.0, 46.0        # lips' centre line at y 43
+    points[0, 48, 1], points[0, 54, 1] = 42.0, 44.5        # corner A 1 up, corner B 1.5 down
+    points[0, [36, 39], 1], points[0, [40, 41], 1] = 12.0, 13.0   # lower lid A 1 below its corners
+    points[0, [42, 45], 1], points[0, [46, 47], 1] = 12.0, 12.5   # lower lid B 0.5 below
+    expected = torch.tensor([[-5.0, -4.0, -3.0, -2.0, 4.0, -1.0, 1.5, 1.0, 0.5]])
+    assert NUM_EXPRESSION_OFFSETS == 9 and torch.allclose(expression_offsets(points), expected)
+    moved = points + torch.tensor([-7.0, 2.5])  # a head translation moves none of them
+    assert torch.allclose(expression_offsets(moved), expected)
+    assert expression_offsets(torch.zeros(3, 70, 2)).shape == (3, 9), "iris points are ignored"
+
+
 # ----------------------------------------------------------------------------- leakage
 
 

@@ -105,7 +105,8 @@ def changed(before: dict, module: torch.nn.Module, prefix: str = "") -> list[str
 def test_landmark_stage_trains_the_fan_and_never_the_heads(coordinate_weight, tmp_path, world_cache):
     cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache),
                          f"model.coordinate_weight={coordinate_weight}", "model.emotion_weight=0",
-                         f"model.pose_weight={coordinate_weight}", f"model.eye_weight={coordinate_weight}"], tmp_path)
+                         f"model.pose_weight={coordinate_weight}", f"model.eye_weight={coordinate_weight}",
+                         f"model.expression_weight={coordinate_weight}"], tmp_path)
     datamodule, model = build(cfg)
     motion = snapshot(model.motion)
     fit(cfg, model, datamodule, 3)
@@ -123,6 +124,7 @@ def test_landmark_stage_trains_the_fan_and_never_the_heads(coordinate_weight, tm
     ("synthtalk/stage3", "train/emotion_class", ["model.loss_weights.emotion_class=1.0"]),
     ("synthtalk/stage0_landmarks", "train/pose", ["model.pose_weight=1.0", "model.emotion_weight=0"]),
     ("synthtalk/stage0_landmarks", "train/eyes", ["model.eye_weight=1.0", "model.emotion_weight=0"]),
+    ("synthtalk/stage0_landmarks", "train/expression", ["model.expression_weight=1.0", "model.emotion_weight=0"]),
 ])
 def test_label_heads_train_and_are_not_exported(experiment, key, overrides, tmp_path, world_cache):
     """Where samples carry labels (emotion class, pose, eye state), the stage's loss on them goes
@@ -180,15 +182,15 @@ def test_stage0_unlabelled_batches_still_reach_every_readout(tmp_path, world_cac
 def test_stage0_heads_whose_loss_is_off_are_frozen_so_ddp_waits_for_no_gradient(tmp_path, world_cache):
     """With every optional stage-0 loss off (the model config's defaults), one step's backward
     reaches every trainable parameter: DDP without find_unused_parameters would otherwise hang."""
-    off = ["model.emotion_weight=0", "model.pose_weight=0", "model.eye_weight=0"]
-    for overrides in (off, [*off, "model.coordinate_weight=0"], ["model.pose_weight=1.0"]):
+    off = ["model.emotion_weight=0", "model.pose_weight=0", "model.eye_weight=0", "model.expression_weight=0"]
+    for overrides in (off, [*off, "model.coordinate_weight=0"], ["model.expression_weight=1.0"]):
         cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache), *overrides], tmp_path)
         datamodule, model = build(cfg)
         datamodule.setup("fit")
         model.step(next(iter(datamodule.train_dataloader())))["loss"].backward()
         missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
         assert missing == [], (overrides, missing[:3])
-        assert model.readouts["pose"].weight.requires_grad == ("model.pose_weight=1.0" in overrides)
+        assert model.expression.weight.requires_grad == ("model.expression_weight=1.0" in overrides)
         assert model.coordinates.weight.requires_grad == ("model.coordinate_weight=0" not in overrides)
 
 

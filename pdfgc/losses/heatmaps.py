@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["landmark_heatmaps", "heatmap_loss", "heatmap_peaks", "motion_offsets", "NUM_OFFSETS"]
+__all__ = ["landmark_heatmaps", "heatmap_loss", "heatmap_peaks", "motion_offsets", "NUM_OFFSETS",
+           "expression_offsets", "NUM_EXPRESSION_OFFSETS"]
 
 
 def _cell_centres(map_size: int, image_size: int, device, dtype) -> torch.Tensor:
@@ -103,3 +104,28 @@ def motion_offsets(points: torch.Tensor) -> torch.Tensor:
     lips = points[:, 66, 1] - points[:, 62, 1]
     width = points[:, 54, 0] - points[:, 48, 0]
     return torch.cat([iris_a, iris_b, torch.stack([lids_a, lids_b, lips, width], 1)], 1)
+
+
+#: landmark differences of :func:`expression_offsets`
+NUM_EXPRESSION_OFFSETS = 9
+
+
+def expression_offsets(points: torch.Tensor) -> torch.Tensor:
+    """The landmark differences that carry expression, ``(B, P>=68, 2) -> (B, 9)`` (iBUG 68 order):
+    each brow's inner (21, 22) and outer (17, 26) end against its eye's upper lid, the gap
+    between the inner brow ends, each mouth corner (48, 54) against the lips' centre line, and
+    each lower lid against its eye's corners. Like :func:`motion_offsets`, a head translation
+    moves none of them; these are what emotion moves (brows raised or knit, corners up or down,
+    lower lids tensed) against the face's own features."""
+    def mean_y(*idx):
+        return points[:, list(idx), 1].mean(1)
+
+    y, x = points[..., 1], points[..., 0]
+    lid_a, lid_b = mean_y(37, 38), mean_y(43, 44)
+    lips = mean_y(51, 57)  # outer lips' midpoints: speech opens them about this line
+    return torch.stack([
+        y[:, 21] - lid_a, y[:, 22] - lid_b, y[:, 17] - lid_a, y[:, 26] - lid_b,
+        x[:, 22] - x[:, 21],
+        y[:, 48] - lips, y[:, 54] - lips,
+        mean_y(40, 41) - mean_y(36, 39), mean_y(46, 47) - mean_y(42, 45),
+    ], 1)

@@ -21,7 +21,10 @@ mouth corner against every identity's own neutral face, and stage 3's emotion he
 what f_mot holds. That gradient stops at the heatmaps, which stay landmark maps. Where the data
 has pose labels (``pose.npy``) and eye state (``eyes.npy``), linear read-outs of those from f_mot
 can be trained as well (``pose_weight``, ``eye_weight``, ours): head translation, scale and a
-vertical glance move the points by a pixel or less, under the maps' 4 px cells at 64 px. The motion
+vertical glance move the points by a pixel or less, under the maps' 4 px cells at 64 px. Expression
+needs no labels: the read-out can also regress the landmark differences emotion moves (brows
+against the lids, mouth corners against the lips' centre line, lower lids;
+:func:`pdfgc.losses.heatmaps.expression_offsets`, ``expression_weight``, ours). The motion
 heads have no gradient here and are frozen, so that DDP never waits for them.
 """
 
@@ -31,7 +34,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from pdfgc.losses.heatmaps import NUM_OFFSETS, heatmap_loss, heatmap_peaks, landmark_heatmaps, motion_offsets
+from pdfgc.losses.heatmaps import (NUM_EXPRESSION_OFFSETS, NUM_OFFSETS, expression_offsets, heatmap_loss, heatmap_peaks,
+                                   landmark_heatmaps, motion_offsets)
 from pdfgc.networks.codes import UNIFIED_MOTION_DIM
 from pdfgc.stages.base import StageModule, freeze, positive_scale
 from pdfgc.stages.emotion_labels import any_labelled, emotion_classifier, labelled_cross_entropy
@@ -63,7 +67,8 @@ class LandmarkStage(StageModule):
                  num_emotions: int = 8, pose_weight: float = 0.0,
                  pose_scale: Sequence[float] = (0.3, 0.15, 0.1, 0.03, 0.03, 0.06),
                  eye_weight: float = 0.0,
-                 eye_scale: Sequence[float] = (0.1, 0.1, 0.13, 0.1, 0.13, 0.1)) -> None:
+                 eye_scale: Sequence[float] = (0.1, 0.1, 0.13, 0.1, 0.13, 0.1),
+                 expression_weight: float = 0.0) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
         self.motion = self.build("motion")
@@ -71,12 +76,14 @@ class LandmarkStage(StageModule):
         self.coordinate_weight = float(coordinate_weight)
         self.offset_weight = float(offset_weight)
         self.emotion_weight = float(emotion_weight)
+        self.expression_weight = float(expression_weight)
         # Label read-outs (ours): f_mot -> pose labels and eye state, each divided by its scale.
         self.readout_weights = {"pose": float(pose_weight), "eyes": float(eye_weight)}
         self.register_buffer("pose_scale", positive_scale(pose_scale, "pose_scale"), persistent=False)
         self.register_buffer("eyes_scale", positive_scale(eye_scale, "eye_scale"), persistent=False)
         freeze(self.motion)
-        reads_out = self.coordinate_weight or self.emotion_weight or any(self.readout_weights.values())
+        reads_out = (self.coordinate_weight or self.emotion_weight or self.expression_weight
+                     or any(self.readout_weights.values()))
         for name, child in self.motion.model.named_children():
             if name not in BOTTLENECK or reads_out:
                 child.requires_grad_(True)
@@ -87,9 +94,12 @@ class LandmarkStage(StageModule):
         # f_mot -> pose / pose_scale and eye state / eye_scale (this stage only; built last, so
         # that runs without them start from the same initial weights as before).
         self.readouts = torch.nn.ModuleDict({k: torch.nn.Linear(UNIFIED_MOTION_DIM, 6) for k in self.readout_weights})
+        # f_mot -> expression offsets (this stage only; built last for the same reason).
+        self.expression = torch.nn.Linear(UNIFIED_MOTION_DIM, NUM_EXPRESSION_OFFSETS)
         # A head whose loss is off gets no gradient; frozen, it is left out of the optimiser and of
         # DDP's gradient reduction (which would otherwise wait for it forever).
         for head, weight in ((self.coordinates, self.coordinate_weight), (self.emotion_classifier, self.emotion_weight),
+                             (self.expression, self.expression_weight),
                              *((self.readouts[k], w) for k, w in self.readout_weights.items())):
             head.requires_grad_(bool(weight))
 
@@ -102,7 +112,8 @@ class LandmarkStage(StageModule):
         points = batch["landmarks"][:, :heatmaps.shape[1]]
         terms = {"heatmaps": heatmap_loss(heatmaps, points, self.image_size, self.sigma)}
         readouts = [k for k, w in self.readout_weights.items() if w and batch.get(k) is not None]
-        unified = self.motion.model.bottleneck(heatmaps) if self.coordinate_weight or readouts else None
+        wants_unified = self.coordinate_weight or self.expression_weight or readouts
+        unified = self.motion.model.bottleneck(heatmaps) if wants_unified else None
         for key in readouts:
             # tx, ty, scale and vertical gaze move points by a pixel or less at 64 px, under the
             # maps' 4 px cells: the read-outs ask f_mot to state them.
@@ -118,6 +129,11 @@ class LandmarkStage(StageModule):
                 offsets = motion_offsets(target)
                 ok = torch.isfinite(offsets)
                 terms["offsets"] = torch.nn.functional.mse_loss(read[:, -NUM_OFFSETS:][ok], offsets[ok])
+        if self.expression_weight:
+            # Brows, mouth corners and lower lids against the face's own features: true landmarks
+            # give the emotion class through these, but the maps' 4 px cells blur their 2-3 px moves.
+            terms["expression"] = known_mse(self.expression(unified),
+                                            expression_offsets(points / self.image_size - 0.5))
         labels = batch.get("emotion")
         if self.emotion_weight and labels is not None:
             # Through the bottleneck only: with its gradient in the maps, the class (an easier
@@ -130,6 +146,7 @@ class LandmarkStage(StageModule):
         terms["loss"] = (terms["heatmaps"] + self.coordinate_weight * terms.get("coordinates", 0.0)
                          + self.offset_weight * terms.get("offsets", 0.0)
                          + self.emotion_weight * terms.get("emotion", 0.0)
+                         + self.expression_weight * terms.get("expression", 0.0)
                          + sum(w * terms.get(k, 0.0) for k, w in self.readout_weights.items()))
         with torch.no_grad():
             error = (heatmap_peaks(heatmaps, self.image_size) - points).norm(dim=-1)
@@ -168,4 +185,4 @@ class LandmarkStage(StageModule):
     def configure_optimizers(self):
         return self.adam({"motion": self.motion.parameters(), "coordinates": self.coordinates.parameters(),
                           "emotion_classifier": self.emotion_classifier.parameters(),
-                          "readouts": self.readouts.parameters()})
+                          "readouts": self.readouts.parameters(), "expression": self.expression.parameters()})
