@@ -181,7 +181,8 @@ def test_stage0_unlabelled_batches_still_reach_every_readout(tmp_path, world_cac
 
 def test_stage0_heads_whose_loss_is_off_are_frozen_so_ddp_waits_for_no_gradient(tmp_path, world_cache):
     """With every optional stage-0 loss off (the model config's defaults), one step's backward
-    reaches every trainable parameter: DDP without find_unused_parameters would otherwise hang."""
+    reaches every trainable parameter: otherwise DDP with find_unused_parameters off fails at the
+    next step."""
     off = ["model.emotion_weight=0", "model.pose_weight=0", "model.eye_weight=0", "model.expression_weight=0"]
     for overrides in (off, [*off, "model.coordinate_weight=0"], ["model.expression_weight=1.0"]):
         cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache), *overrides], tmp_path)

@@ -97,7 +97,7 @@ class LandmarkStage(StageModule):
         # f_mot -> expression offsets (this stage only; built last for the same reason).
         self.expression = torch.nn.Linear(UNIFIED_MOTION_DIM, NUM_EXPRESSION_OFFSETS)
         # A head whose loss is off gets no gradient; frozen, it is left out of the optimiser and of
-        # DDP's gradient reduction (which would otherwise wait for it forever).
+        # DDP's gradient reduction (which, with find_unused_parameters off, fails at the next step).
         for head, weight in ((self.coordinates, self.coordinate_weight), (self.emotion_classifier, self.emotion_weight),
                              (self.expression, self.expression_weight),
                              *((self.readouts[k], w) for k, w in self.readout_weights.items())):
