@@ -340,3 +340,31 @@ def test_two_process_ddp_on_cpu_trains_a_step(tmp_path, world_cache):
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "export" / "motion_model.pth").exists()
+
+
+def test_stage2_lip_code_rank_folds_a_rank_k_projection_into_the_lip_head(tmp_path, world_cache):
+    """The fold leaves the lip head's keys and shapes, and its codes become the rank-k principal
+    projection (standardised by the banked codes) of the codes before it."""
+    cfg = compose_train(["experiment=synthtalk/stage2", *tiny(world_cache), "model.lip_code_rank=3"], tmp_path)
+    pl.seed_everything(0)
+    _, model = build(cfg)
+    features = torch.randn(64, model.motion.mouth_embed[1].in_features)
+    before = model.motion.mouth_code(features).double()
+    model.lip_leakage.code_bank.push(before[:6].float())
+    model.on_train_end()  # a one-step debug run banks too few codes for a basis: left as trained
+    assert torch.equal(model.motion.mouth_code(features).double(), before)
+    model.lip_leakage.code_bank.push(before[6:].float())
+    keys = {k: v.shape for k, v in model.motion.state_dict().items()}
+    model.on_train_end()
+    after = model.motion.mouth_code(features).double()
+    assert {k: v.shape for k, v in model.motion.state_dict().items()} == keys
+    mean, std = before.mean(0), before.std(0) + 1e-5
+    z = (before - mean) / std
+    basis = torch.linalg.svd(z, full_matrices=False)[2][:3]
+    expected = mean + (z @ basis.T @ basis) * std
+    assert torch.allclose(after, expected, atol=1e-4)
+    singular = torch.linalg.svdvals((after - after.mean(0)) / std)
+    assert float(singular[3]) < 1e-3 * float(singular[0]), "rank 3"
+    bad = compose_train(["experiment=synthtalk/stage2", *tiny(world_cache), "model.lip_code_rank=-1"], tmp_path / "bad")
+    with pytest.raises(Exception, match="lip_code_rank must be in"):  # hydra wraps the ValueError
+        build(bad)

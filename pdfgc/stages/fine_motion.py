@@ -21,6 +21,7 @@ Three heads on f_mot (paper Fig. 2, middle), the E_mot backbone frozen:
 
 from __future__ import annotations
 
+import logging
 from typing import Mapping
 
 import torch
@@ -30,6 +31,8 @@ from pdfgc.losses import audio_visual_infonce, eye_triplet_loss
 from pdfgc.losses import LinearLeakage
 from pdfgc.networks.codes import BLINK_DIMS, GAZE_DIMS
 from pdfgc.stages.base import StageModule, freeze, positive_scale
+
+log = logging.getLogger(__name__)
 
 
 class FineMotionStage(StageModule):
@@ -57,6 +60,7 @@ class FineMotionStage(StageModule):
         leakage_ridge: float = 0.1,
         gaze_scale: float = 0.1,
         lip_leakage_emotions: int = 0,
+        lip_code_rank: int = 0,
     ) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
@@ -78,6 +82,9 @@ class FineMotionStage(StageModule):
         # are labelled, the emotion class as one-hot columns (unlabelled rows: all zero).
         self.lip_leakage_emotions = int(lip_leakage_emotions)
         self.lip_leakage = LinearLeakage(lip_dim, 12 + self.lip_leakage_emotions, leakage_bank_size, leakage_ridge)
+        if lip_code_rank < 0 or lip_code_rank > lip_dim:
+            raise ValueError(f"lip_code_rank must be in [0, {lip_dim}], got {lip_code_rank}")
+        self.lip_code_rank = int(lip_code_rank)
         self.freeze_backbone()
 
     def freeze_backbone(self) -> None:
@@ -165,6 +172,34 @@ class FineMotionStage(StageModule):
         """Rows of the sample grid: the eye triplets (anchor = negative + positive's eyes)."""
         return {"eye_positive": batch["eye_positive"], "eye_anchor": batch["eye_anchor"],
                 "eye_negative": batch["eye_negative"]}
+
+    def on_train_end(self) -> None:
+        if self.lip_code_rank:
+            self.fold_lip_projection(self.lip_code_rank)
+
+    @torch.no_grad()
+    def fold_lip_projection(self, rank: int) -> None:
+        """Keep only the lip code's ``rank`` leading principal directions (ours, ``lip_code_rank``).
+
+        The InfoNCE shapes a few directions of the 500-d code; the rest copies what f_mot also
+        holds (on SynthTalk, the emotion class, where the ridge adversary does not look). The
+        projection onto the top-``rank`` principal components of the banked codes (standardised
+        columns), ``x' = m + D P D^-1 (x - m)``, is affine, so it is folded into the lip head's
+        last Linear: official keys and shapes, no new layer. The bank is all-gathered, so every
+        DDP rank folds the same.
+        """
+        codes = self.lip_leakage.code_bank.get().double()
+        if len(codes) <= 2 * rank:  # a debug run of a step or two: too few codes for a basis
+            log.warning("lip_code_rank=%d: only %d banked lip codes, the lip head is left as trained", rank, len(codes))
+            return
+        mean, std = codes.mean(0), codes.std(0) + 1e-5
+        _, _, vh = torch.linalg.svd((codes - mean) / std, full_matrices=False)
+        basis = vh[:rank]
+        fold = std[:, None] * (basis.T @ basis) / std[None, :]  # D P D^-1, (500, 500)
+        linear = self.motion.mouth_embed[1]
+        weight, bias = linear.weight.double(), linear.bias.double()
+        linear.weight.copy_((fold @ weight).to(linear.weight.dtype))
+        linear.bias.copy_((fold @ bias + mean - fold @ mean).to(linear.bias.dtype))
 
     def configure_optimizers(self):
         return self.adam(list(self.motion.parameters()) + list(self.audio.parameters()))
