@@ -124,6 +124,28 @@ def test_the_pool_keeps_landmarks_in_cropped_frame_pixels():
     assert np.allclose(pool.landmarks[0], expected, atol=1e-4)
 
 
+def test_the_pool_cache_round_trips_and_a_damaged_file_is_rendered_again(tmp_path, monkeypatch):
+    from pdfgc.synthtalk import world
+
+    renders, render = [], world.render_clips
+    monkeypatch.setattr(world, "render_clips", lambda *a, **k: renders.append(1) or render(*a, **k))
+    cfg = WorldConfig(0, 2, 1, 1, 0.2, SIZE)
+    rendered = world.load_or_render_pool(cfg, "test", tmp_path)
+    (path,) = tmp_path.glob("synthtalk_test_*.pt")
+    cached = world.load_or_render_pool(cfg, "test", tmp_path)  # memory-mapped, not rendered
+    assert len(renders) == 1
+    for key in ClipPool.ARRAYS:
+        assert np.array_equal(getattr(cached, key), getattr(rendered, key)), key
+    assert cached.images.flags.writeable  # copy-on-write: an edit stays in this process
+    cached.images[0, 0, 0, 0, 0] ^= 255
+    assert np.array_equal(world.load_or_render_pool(cfg, "test", tmp_path).images, rendered.images)
+
+    path.write_bytes(path.read_bytes()[:1000])  # damaged (atomic writes never leave a partial file)
+    again = world.load_or_render_pool(cfg, "test", tmp_path)
+    assert len(renders) == 2 and np.array_equal(again.images, rendered.images)
+    assert np.array_equal(world.ClipPool.load(path).images, rendered.images)  # rewritten whole
+
+
 def test_a_wider_opening_changes_more_of_the_mouth_region():
     closed, ident, f = render_with(mouth=[[0.0, 0.0]])
     half, _, _ = render_with(mouth=[[0.5, 0.0]])
