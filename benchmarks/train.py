@@ -3,12 +3,15 @@
     python benchmarks/train.py                                   # stages 1-3, small nets, CPU
     python benchmarks/train.py --stages 3 --networks official --batch-size 2
     python benchmarks/train.py --device cuda --precision bf16-mixed --networks official --batch-size 16
+    python benchmarks/train.py --stages 0 --batch-size 32 --channels-last --fused   # stage 0 = landmarks
 
 Each stage is built from its SynthTalk experiment config (``configs/experiment/synthtalk/stageN``)
 with ``--networks``; one real batch is drawn from a tiny SynthTalk world (rendered once into a
 temporary cache) and fed again and again, so the figures measure the model step (G and D updates,
 losses, optimiser), not data loading (``benchmarks/datamodule.py`` does that). Stage 3 runs with
 the recipe's perceptual weight 5 (random VGG19: the same FLOPs) unless ``--no-perceptual``.
+Adam is torch's default (foreach) and the layout NCHW unless ``--fused`` / ``--channels-last``
+(the training defaults: ``optimizer.fused``, ``callbacks/memory_format.py``).
 
 Per stage: one warm-up batch, one batch under ``torch.utils.flop_counter.FlopCounterMode`` (the
 model FLOPs of a whole training step: forward, backward of every update, counted from the
@@ -71,20 +74,23 @@ def peak_tflops(device: torch.device, precision: str, override: float | None) ->
     return gemm_peak_tflops(dtype, device), f"GEMM probe {str(dtype).split('.')[-1]}"
 
 
-def compose(stage: int, networks: str, batch_size: int, cache: Path, perceptual: bool):
-    """The stage's SynthTalk experiment config on a tiny world (2 + 1 speakers, 1 clip each)."""
+def compose(stage: int, networks: str, batch_size: int, cache: Path, perceptual: bool, fused: bool = False):
+    """The stage's SynthTalk experiment config on a tiny world (2 + 1 speakers, 1 clip each);
+    stage 0 is the landmark stage."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     root = Path(__file__).resolve().parents[1]
-    overrides = [f"experiment=synthtalk/stage{stage}", f"networks={networks}",
+    experiment = "stage0_landmarks" if stage == 0 else f"stage{stage}"
+    overrides = [f"experiment=synthtalk/{experiment}", f"networks={networks}",
                  f"data.batch_size={batch_size}", "data.num_speakers=2", "data.heldout_speakers=1",
                  "data.clips_per_speaker=1", "data.clip_seconds=1.0", f"data.cache_dir={cache}",
                  "data.num_workers=0", "data.render_workers=1", "data.val_samples=1",
                  "~callbacks", "~logger", "extras.print_config=false", f"paths.output_dir={cache}/out"]
     if stage == 3 and perceptual:
         overrides.append("model.loss_weights.perceptual=5.0")
+    overrides.append(f"model.optimizer.fused={'true' if fused else 'null'}")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(root / "configs"), version_base="1.3"):
         return hydra_compose(config_name="train", overrides=overrides)
@@ -141,7 +147,7 @@ def bench_stage(stage: int, args, cache: Path) -> dict:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = compose(stage, args.networks, args.batch_size, cache, not args.no_perceptual)
+    cfg = compose(stage, args.networks, args.batch_size, cache, not args.no_perceptual, args.fused)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -150,17 +156,27 @@ def bench_stage(stage: int, args, cache: Path) -> dict:
     model = instantiate(cfg.model, networks=OmegaConf.to_container(cfg.networks, resolve=True),
                         _recursive_=False, _convert_="all")
     timer = type("Timer", (StepTimer, pl.Callback), {})(torch.device(args.device))
+    callbacks = [timer]
+    if args.channels_last:
+        from callbacks.memory_format import ChannelsLast
+
+        callbacks.insert(0, ChannelsLast())
     steps = args.steps + 2
     trainer = pl.Trainer(accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1,
                          precision=args.precision, max_epochs=1, limit_train_batches=steps,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                         callbacks=[timer])
+                         callbacks=callbacks)
     # the same collated batch every step (batch_size=None: the loader does not collate again)
     loader = torch.utils.data.DataLoader(_Repeat(batch, steps), batch_size=None)
     trainer.fit(model, train_dataloaders=loader)
     step_s = statistics.median(timer.times)
     return {"step_s": step_s, "samples_per_s": args.batch_size / step_s, "flops": timer.flops}
+
+
+def precision_label(args) -> str:
+    """The precision column: Lightning's precision plus the layout and optimiser switches."""
+    return args.precision + (" +channels-last" if args.channels_last else "") + (" +fused Adam" if args.fused else "")
 
 
 def main(argv=None) -> dict:
@@ -174,6 +190,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the device peak")
     parser.add_argument("--no-perceptual", action="store_true", help="stage 3 without the VGG19 loss")
+    parser.add_argument("--channels-last", action="store_true", help="train with callbacks.memory_format.ChannelsLast")
+    parser.add_argument("--fused", action="store_true", help="Adam's fused kernel (model.optimizer.fused=true)")
     parser.add_argument("--header", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
@@ -191,7 +209,7 @@ def main(argv=None) -> dict:
             r.update(achieved_tflops=achieved, peak_tflops=peak, mfu=achieved / peak)
             results[stage] = r
             print(f"| {machine_name(device)} | {torch.get_num_threads()} | {load_line()} | {stage} "
-                  f"| {args.networks} | {args.precision} | {args.batch_size} | {r['step_s']:.2f} "
+                  f"| {args.networks} | {precision_label(args)} | {args.batch_size} | {r['step_s']:.2f} "
                   f"| {r['samples_per_s']:.2f} | {r['flops'] / 1e9:.1f} | {achieved:.3f} "
                   f"| {peak:.2f} ({source}) | {100 * r['mfu']:.1f} % |", flush=True)
     return results

@@ -151,7 +151,8 @@ class StageModule(pl.LightningModule):
     def adam(self, groups: Mapping[str, Iterable[torch.nn.Parameter]] | Iterable[torch.nn.Parameter]
              ) -> torch.optim.Optimizer:
         """Adam over trainable parameters; ``groups`` maps network names to parameters so that
-        ``optimizer.lr_by_network`` (e.g. ``{generator0: 1e-3}``) can give one network its own rate."""
+        ``optimizer.lr_by_network`` (e.g. ``{generator0: 1e-3}``) can give one network its own rate;
+        ``optimizer.fused`` picks Adam's fused kernel (the same update to float rounding)."""
         cfg = self.optimizer_cfg
         lr = float(cfg.get("lr", 1e-4))
         per_network = dict(cfg.get("lr_by_network") or {})
@@ -162,8 +163,10 @@ class StageModule(pl.LightningModule):
             trainable = [p for p in params if p.requires_grad]
             if trainable:
                 param_groups.append({"params": trainable, "lr": float(per_network.get(name, lr)), "name": name})
+        fused = cfg.get("fused")  # None: torch's choice (foreach); True: one fused kernel (CPU, CUDA)
         return torch.optim.Adam(param_groups, lr=lr, betas=tuple(cfg.get("betas", (0.0, 0.99))),
-                                weight_decay=float(cfg.get("weight_decay", 0.0)))
+                                weight_decay=float(cfg.get("weight_decay", 0.0)),
+                                fused=None if fused is None else bool(fused))
 
     def network_slots(self) -> dict[str, nn.Module]:
         """The networks this stage holds, by export slot (EMA weights for the generators)."""
