@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from callbacks.memory_format import ChannelsLast, to_channels_last
 from pdfgc.errors import PdfgcError
-from pdfgc.stages.base import EXPORT_FILES, positive_scale
+from pdfgc.stages.base import EXPORT_FILES, cosine_factor, positive_scale
 from pdfgc.stages.landmarks import known_mse
 from pdfgc.training import resolve_ckpt_path, run, train_stage
 
@@ -285,11 +285,16 @@ def test_stage3_freezes_appearance_audio_and_motion_except_emotion(tmp_path, wor
     assert changed(before["generator"], model.generator), "G trains"
 
 
-@pytest.mark.parametrize("callbacks", ["model_checkpoint", "[model_checkpoint,channels_last]"])
-def test_resume_from_last_checkpoint_continues_exactly(callbacks, tmp_path, world_cache):
-    """Interrupted at step 2 and resumed to 4 == trained to 4 in one go (weights and optimiser),
-    in either memory layout."""
-    common = ["experiment=synthtalk/stage2", *tiny(world_cache, callbacks=f"callbacks={callbacks}"),
+@pytest.mark.parametrize("experiment,callbacks", [
+    ("synthtalk/stage2", "model_checkpoint"),
+    ("synthtalk/stage2", "[model_checkpoint,channels_last]"),
+    ("synthtalk/stage0_landmarks", "model_checkpoint"),  # with its cosine learning-rate schedule
+])
+def test_resume_from_last_checkpoint_continues_exactly(experiment, callbacks, tmp_path, world_cache):
+    """Interrupted at step 2 and resumed to 4 == trained to 4 in one go (weights, optimiser and
+    learning-rate schedule), in either memory layout."""
+    common = [f"experiment={experiment}", *tiny(world_cache, callbacks=f"callbacks={callbacks}"),
+              "++model.optimizer.schedule_steps=4",  # the same curve in the run cut short at 2
               "trainer.max_steps=4", "export=false", "callbacks.model_checkpoint.every_n_train_steps=1",
               "trainer.val_check_interval=100"]
     straight = compose_train(common, tmp_path / "straight")
@@ -343,6 +348,45 @@ def test_channels_last_and_fused_adam_train_the_same_as_the_plain_layout(experim
             tensor.zero_()
         fresh.load_state_dict(saved)  # strict, into the plain layout
         assert all(torch.equal(fresh.state_dict()[k], v) for k, v in net.state_dict().items())
+
+
+def test_cosine_factor_falls_from_one_to_its_floor():
+    assert cosine_factor(0, 10, 0.01) == 1.0
+    assert cosine_factor(5, 10, 0.01) == pytest.approx(0.505)
+    assert cosine_factor(10, 10, 0.01) == pytest.approx(0.01)
+    assert cosine_factor(25, 10, 0.01) == pytest.approx(0.01)  # stays at the floor after the end
+    assert cosine_factor(3, 10) < cosine_factor(2, 10)
+    assert [cosine_factor(s, 10, 0.0, decay_from=0.6) for s in (0, 6, 8, 10)] == pytest.approx([1, 1, 0.5, 0])
+
+
+def test_stage0_learning_rate_follows_its_cosine_schedule(tmp_path, world_cache):
+    cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache),
+                         "model.optimizer.decay_from=0.5"], tmp_path)
+    assert cfg.model.optimizer.schedule == "cosine"
+    datamodule, model = build(cfg)
+    rates = []
+
+    class Rates(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    fit(cfg, model, datamodule, 4, [Rates()])
+    opt = cfg.model.optimizer
+    lr, floor = opt.lr, opt.min_lr_ratio
+    assert rates == pytest.approx([lr * cosine_factor(step, 4, floor, opt.decay_from) for step in range(4)])
+    assert rates[-1] < rates[0]
+    assert model.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(lr * floor)  # after step 4
+
+
+def test_a_constant_schedule_adds_no_scheduler_and_an_unknown_one_is_refused(tmp_path, world_cache):
+    cfg = compose_train(["experiment=synthtalk/stage2", *tiny(world_cache)], tmp_path)
+    _, model = build(cfg)
+    assert isinstance(model.configure_optimizers(), torch.optim.Adam)
+    cfg = compose_train(["experiment=synthtalk/stage2", *tiny(world_cache), "model.optimizer.schedule=linear"],
+                        tmp_path)
+    _, model = build(cfg)
+    with pytest.raises(PdfgcError, match="constant or cosine"):
+        model.configure_optimizers()
 
 
 def test_to_channels_last_converts_only_float_image_batches():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -68,6 +69,14 @@ def positive_scale(values: Iterable[float], name: str, size: int = 6) -> torch.T
     if scale.shape != (size,) or bool((scale <= 0).any()):
         raise ValueError(f"{name} must be {size} positive numbers, got {list(scale.tolist())}")
     return scale
+
+
+def cosine_factor(step: int, total: int, floor: float = 0.0, decay_from: float = 0.0) -> float:
+    """Learning-rate factor: 1 until ``decay_from * total`` steps, then a cosine down to ``floor``
+    at ``total`` (and after). ``decay_from`` 0 decays over the whole run."""
+    start = decay_from * total
+    progress = min(max(step - start, 0.0), total - start) / max(total - start, 1e-9)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -167,6 +176,33 @@ class StageModule(pl.LightningModule):
         return torch.optim.Adam(param_groups, lr=lr, betas=tuple(cfg.get("betas", (0.0, 0.99))),
                                 weight_decay=float(cfg.get("weight_decay", 0.0)),
                                 fused=None if fused is None else bool(fused))
+
+    def scheduled(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer | dict:
+        """``configure_optimizers``' return for a stage with automatic optimisation: the optimiser,
+        with the learning-rate schedule ``optimizer.schedule`` stepped once per optimiser step:
+        ``constant`` (default) or ``cosine`` (each group keeps its ``lr`` for the first
+        ``optimizer.decay_from`` share of ``optimizer.schedule_steps``, by default
+        ``trainer.max_steps``, then falls along a cosine to ``lr * optimizer.min_lr_ratio``; the
+        scheduler's position is saved in checkpoints, so a resumed run continues the same curve)."""
+        kind = str(self.optimizer_cfg.get("schedule", "constant"))
+        if kind == "constant":
+            return optimizer
+        if kind != "cosine":
+            raise PdfgcError(f"optimizer.schedule must be constant or cosine, got {kind!r}")
+        total = self.optimizer_cfg.get("schedule_steps")
+        if total is None:
+            total = self.trainer.max_steps if self._trainer is not None else -1
+        total = int(total)
+        if total <= 0:
+            raise PdfgcError("optimizer.schedule=cosine needs trainer.max_steps or optimizer.schedule_steps "
+                             "(the schedule's length in optimiser steps)")
+        floor = float(self.optimizer_cfg.get("min_lr_ratio", 0.0))
+        decay_from = float(self.optimizer_cfg.get("decay_from", 0.0))
+        if not 0.0 <= decay_from < 1.0:
+            raise PdfgcError(f"optimizer.decay_from must be in [0, 1), got {decay_from}")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_factor(step, total, floor, decay_from))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def network_slots(self) -> dict[str, nn.Module]:
         """The networks this stage holds, by export slot (EMA weights for the generators)."""

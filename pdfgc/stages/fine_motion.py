@@ -202,4 +202,4 @@ class FineMotionStage(StageModule):
         linear.bias.copy_((fold @ bias + mean - fold @ mean).to(linear.bias.dtype))
 
     def configure_optimizers(self):
-        return self.adam(list(self.motion.parameters()) + list(self.audio.parameters()))
+        return self.scheduled(self.adam(list(self.motion.parameters()) + list(self.audio.parameters())))

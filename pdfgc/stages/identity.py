@@ -43,4 +43,4 @@ class IdentityStage(StageModule):
         self.log_dict({"val/loss": loss, "val/accuracy": accuracy}, sync_dist=True)
 
     def configure_optimizers(self):
-        return self.adam(self.appearance.parameters())
+        return self.scheduled(self.adam(self.appearance.parameters()))

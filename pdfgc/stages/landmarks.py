@@ -183,6 +183,7 @@ class LandmarkStage(StageModule):
         return {"image": image, "target_heatmaps": as_image(target), "heatmaps": as_image(heatmaps)}
 
     def configure_optimizers(self):
-        return self.adam({"motion": self.motion.parameters(), "coordinates": self.coordinates.parameters(),
-                          "emotion_classifier": self.emotion_classifier.parameters(),
-                          "readouts": self.readouts.parameters(), "expression": self.expression.parameters()})
+        return self.scheduled(self.adam({
+            "motion": self.motion.parameters(), "coordinates": self.coordinates.parameters(),
+            "emotion_classifier": self.emotion_classifier.parameters(),
+            "readouts": self.readouts.parameters(), "expression": self.expression.parameters()}))
