@@ -25,6 +25,8 @@ def to_channels_last(batch: Any) -> Any:
         return batch
     if isinstance(batch, dict):
         return {k: to_channels_last(v) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple takes its fields as arguments
+        return type(batch)(*(to_channels_last(v) for v in batch))
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_channels_last(v) for v in batch)
     return batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import subprocess
 import sys
@@ -397,6 +398,9 @@ def test_to_channels_last_converts_only_float_image_batches():
     assert torch.equal(out["image"], batch["image"])
     assert out["labels"].is_contiguous() and out["frames"] is batch["frames"] and out["name"] == "x"
     assert isinstance(out["nested"], list) and out["nested"][0].is_contiguous(memory_format=torch.channels_last)
+    Pair = collections.namedtuple("Pair", "image label")
+    pair = to_channels_last(Pair(torch.rand(1, 2, 3, 3), 7))
+    assert isinstance(pair, Pair) and pair.label == 7 and not pair.image.is_contiguous()
 
 
 def test_ckpt_path_last_without_checkpoint_is_a_clear_error(tmp_path):
