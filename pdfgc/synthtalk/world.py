@@ -159,7 +159,7 @@ class ClipPool:
     @classmethod
     def load(cls, path: Path) -> "ClipPool":
         """Memory-map a saved pool: instant whatever its size (the train pool of the demo is 1.1 GB;
-        ``np.load`` of an ``.npz`` took 11 s, once per stage), pages read when a sample needs
+        ``np.load`` of an ``.npz`` took 11 s, twice per stage), pages read when a sample needs
         them, shared with forked loader workers; copy-on-write, so the arrays stay writable."""
         arrays = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
         return cls({k: v.numpy() for k, v in arrays.items()})
