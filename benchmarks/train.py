@@ -164,6 +164,7 @@ def bench_stage(stage: int, args, cache: Path) -> dict:
     steps = args.steps + 2
     trainer = pl.Trainer(accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1,
                          precision=args.precision, max_epochs=1, limit_train_batches=steps,
+                         max_steps=steps * 4,  # the learning-rate schedules need a length; never reached
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
                          callbacks=callbacks)
