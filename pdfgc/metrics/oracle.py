@@ -16,7 +16,7 @@ Recommended recipe (64 px)::
 
     data = synthtalk_oracle_data(2000, 6)            # 12k frames, independent factors
     oracle, report = train_oracle(data, steps=800, batch_size=64, lr=3e-3,
-                                  eval_data=arrays_of_the_test_pool, num_threads=1)
+                                  eval_data=arrays_of_the_test_pool)
 
 Training on a world clip pool instead overfits its few clips (see
 :func:`synthtalk_oracle_data`).
@@ -508,7 +508,8 @@ def train_oracle(
         noise_std: Gaussian pixel noise added while training (in [-1,1] units), so that
             small generator artefacts do not throw the readings off.
         num_threads: torch CPU threads while training (restored afterwards); None leaves the
-            setting alone. On a busy shared CPU 1 thread was 4x faster than 2 for this net.
+            setting alone. On a CPU shared with another busy process 1 thread was 4x faster than 2
+            for this net; on 2 idle cores 2 threads take 0.65x the time of 1.
         log_every: print progress every n steps (0: silent).
 
     Returns:
