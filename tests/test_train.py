@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from callbacks.memory_format import ChannelsLast, to_channels_last
 from pdfgc.errors import PdfgcError
 from pdfgc.stages.base import EXPORT_FILES, cosine_factor, positive_scale
-from pdfgc.stages.landmarks import known_mse
+from pdfgc.stages.landmarks import LandmarkStage, known_mse, map_shares
 from pdfgc.training import resolve_ckpt_path, run, train_stage
 
 from conftest import CONFIG_DIR, REPO_ROOT, compose_train
@@ -165,6 +165,43 @@ def test_known_mse_skips_unknown_labels_and_keeps_a_graph():
     nothing = known_mse(prediction, torch.full((2, 2), float("nan")))
     nothing.backward()  # no label known: 0, and every input still gets a (zero) gradient
     assert float(nothing) == 0.0 and torch.equal(prediction.grad, torch.zeros(2, 2))
+
+
+def test_stage0_emotion_map_gradient_scales_what_the_class_sends_into_the_maps(tmp_path, world_cache):
+    """emotion_map_gradient=s: the emotion term's value is unchanged and its gradient in the
+    heatmap layers is s times the full one (0: none, the bottleneck only)."""
+    grads, values = {}, {}
+    for share in (0.0, 0.25, 1.0):
+        cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache),
+                             f"model.emotion_map_gradient={share}", "model.emotion_weight=1.0"], tmp_path / str(share))
+        pl.seed_everything(0)
+        datamodule, model = build(cfg)
+        datamodule.setup("fit")
+        batch = next(iter(datamodule.train_dataloader()))
+        terms = model.step(batch)
+        terms["emotion"].backward()
+        grad = model.motion.model.l0.weight.grad
+        grads[share] = torch.zeros_like(model.motion.model.l0.weight) if grad is None else grad.clone()
+        values[share] = float(terms["emotion"])
+        assert model.motion.model.fc.weight.grad.abs().sum() > 0  # the bottleneck always learns the class
+    assert values[0.0] == values[0.25] == values[1.0]
+    assert float(grads[0.0].abs().sum()) == 0.0 and float(grads[1.0].abs().sum()) > 0
+    assert torch.allclose(grads[0.25], 0.25 * grads[1.0], rtol=1e-4, atol=1e-9)
+    # with ranges, only those maps' layer rows get the class's gradient, at the same share
+    cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache), "model.emotion_weight=1.0",
+                         "model.emotion_map_gradient=0.25", "model.emotion_map_ranges=[[17,36]]"], tmp_path / "ranges")
+    pl.seed_everything(0)
+    datamodule, model = build(cfg)
+    datamodule.setup("fit")
+    model.step(next(iter(datamodule.train_dataloader())))["emotion"].backward()
+    rows = model.motion.model.l0.weight.grad.flatten(1)
+    assert torch.allclose(rows[17:36], 0.25 * grads[1.0].flatten(1)[17:36], rtol=1e-4, atol=1e-9)
+    assert float(rows[:17].abs().sum()) == 0.0 and float(rows[36:].abs().sum()) == 0.0
+    with pytest.raises(ValueError, match=r"emotion_map_ranges: each entry is \[first, end\)"):
+        map_shares(70, 0.1, [[30, 80]])
+    with pytest.raises(ValueError, match="emotion_map_gradient must be in"):
+        LandmarkStage(OmegaConf.to_container(cfg.networks, resolve=True), dict(cfg.model.optimizer),
+                      emotion_map_gradient=2.0)
 
 
 def test_stage0_unlabelled_batches_still_reach_every_readout(tmp_path, world_cache):

@@ -44,6 +44,30 @@ from pdfgc.stages.emotion_labels import any_labelled, emotion_classifier, labell
 BOTTLENECK = ("bn5", "conv6", "fc")
 
 
+def scale_gradient(x: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """``x`` unchanged forward; its gradient multiplied by ``scale`` (a number, 0 = detached, or a
+    tensor broadcasting against ``x``, e.g. one share per channel ``(1, C, 1, 1)``)."""
+    if not torch.is_tensor(scale):
+        if scale == 0.0:
+            return x.detach()
+        if scale == 1.0:
+            return x
+    return x.detach() + scale * (x - x.detach())
+
+
+def map_shares(num_maps: int, share: float, ranges: Sequence[Sequence[int]] | None) -> torch.Tensor | float:
+    """Gradient share per heatmap ``(1, num_maps, 1, 1)``: ``share`` inside the half-open index
+    ``ranges`` ([[17, 36]]: iBUG brows and nose), 0 elsewhere; the plain ``share`` without ranges."""
+    if ranges is None:
+        return float(share)
+    shares = torch.zeros(1, num_maps, 1, 1)
+    for bounds in ranges:
+        if len(bounds) != 2 or not 0 <= int(bounds[0]) < int(bounds[1]) <= num_maps:
+            raise ValueError(f"emotion_map_ranges: each entry is [first, end) within 0..{num_maps}, got {list(bounds)}")
+        shares[:, int(bounds[0]):int(bounds[1])] = float(share)
+    return shares
+
+
 def known_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the finite entries of ``target`` (same shape as ``prediction``);
     0, still with a graph, when none is (so DDP gets a gradient for every read-out)."""
@@ -68,7 +92,8 @@ class LandmarkStage(StageModule):
                  pose_scale: Sequence[float] = (0.3, 0.15, 0.1, 0.03, 0.03, 0.06),
                  eye_weight: float = 0.0,
                  eye_scale: Sequence[float] = (0.1, 0.1, 0.13, 0.1, 0.13, 0.1),
-                 expression_weight: float = 0.0) -> None:
+                 expression_weight: float = 0.0, emotion_map_gradient: float = 0.0,
+                 emotion_map_ranges: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
         self.motion = self.build("motion")
@@ -77,6 +102,8 @@ class LandmarkStage(StageModule):
         self.offset_weight = float(offset_weight)
         self.emotion_weight = float(emotion_weight)
         self.expression_weight = float(expression_weight)
+        if not 0.0 <= emotion_map_gradient <= 1.0:
+            raise ValueError(f"emotion_map_gradient must be in [0, 1], got {emotion_map_gradient}")
         # Label read-outs (ours): f_mot -> pose labels and eye state, each divided by its scale.
         self.readout_weights = {"pose": float(pose_weight), "eyes": float(eye_weight)}
         self.register_buffer("pose_scale", positive_scale(pose_scale, "pose_scale"), persistent=False)
@@ -89,6 +116,11 @@ class LandmarkStage(StageModule):
                 child.requires_grad_(True)
         # f_mot -> (x, y) of every landmark in fractions of the side, centred (this stage only).
         num_points = int(self.motion.model.l0.out_channels)
+        shares = map_shares(num_points, emotion_map_gradient, emotion_map_ranges)
+        if torch.is_tensor(shares):
+            self.register_buffer("emotion_map_shares", shares, persistent=False)
+        else:
+            self.emotion_map_shares = shares
         self.coordinates = torch.nn.Linear(UNIFIED_MOTION_DIM, 2 * num_points + NUM_OFFSETS)
         self.emotion_classifier = emotion_classifier(UNIFIED_MOTION_DIM, num_emotions)  # this stage only
         # f_mot -> pose / pose_scale and eye state / eye_scale (this stage only; built last, so
@@ -136,9 +168,12 @@ class LandmarkStage(StageModule):
                                             expression_offsets(points / self.image_size - 0.5))
         labels = batch.get("emotion")
         if self.emotion_weight and labels is not None:
-            # Through the bottleneck only: with its gradient in the maps, the class (an easier
-            # target) took over the hourglass and the landmark error stayed at 24 px (2 px without).
-            logits = self.emotion_classifier(self.motion.model.bottleneck(heatmaps.detach()))
+            # Mostly through the bottleneck: with its full gradient in the maps, the class (an
+            # easier target) took over the hourglass and the landmark error stayed at 24 px (2 px
+            # without). A small share (emotion_map_gradient) lets the maps carry what landmarks
+            # cannot: the lines and folds an expression draws.
+            logits = self.emotion_classifier(self.motion.model.bottleneck(
+                scale_gradient(heatmaps, self.emotion_map_shares)))
             terms["emotion"] = labelled_cross_entropy(logits, labels)  # 0 with a graph when unlabelled
             if any_labelled(labels):
                 known = labels >= 0
