@@ -169,36 +169,34 @@ def test_known_mse_skips_unknown_labels_and_keeps_a_graph():
 
 def test_stage0_emotion_map_gradient_scales_what_the_class_sends_into_the_maps(tmp_path, world_cache):
     """emotion_map_gradient=s: the emotion term's value is unchanged and its gradient in the
-    heatmap layers is s times the full one (0: none, the bottleneck only)."""
-    grads, values = {}, {}
-    for share in (0.0, 0.25, 1.0):
-        cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache),
-                             f"model.emotion_map_gradient={share}", "model.emotion_weight=1.0"], tmp_path / str(share))
+    heatmap layers is s times the full one (0: none, the bottleneck only); with
+    emotion_map_ranges only those maps' layer rows get it."""
+    def emotion_gradient(name: str, *overrides: str) -> tuple[float, torch.Tensor]:
+        cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache), "model.emotion_weight=1.0",
+                             *overrides], tmp_path / name)
         pl.seed_everything(0)
         datamodule, model = build(cfg)
         datamodule.setup("fit")
-        batch = next(iter(datamodule.train_dataloader()))
-        terms = model.step(batch)
+        terms = model.step(next(iter(datamodule.train_dataloader())))
         terms["emotion"].backward()
-        grad = model.motion.model.l0.weight.grad
-        grads[share] = torch.zeros_like(model.motion.model.l0.weight) if grad is None else grad.clone()
-        values[share] = float(terms["emotion"])
         assert model.motion.model.fc.weight.grad.abs().sum() > 0  # the bottleneck always learns the class
+        grad = model.motion.model.l0.weight.grad
+        return float(terms["emotion"]), torch.zeros_like(model.motion.model.l0.weight) if grad is None else grad
+
+    values, grads = {}, {}
+    for share in (0.0, 0.25, 1.0):
+        values[share], grads[share] = emotion_gradient(str(share), f"model.emotion_map_gradient={share}")
     assert values[0.0] == values[0.25] == values[1.0]
     assert float(grads[0.0].abs().sum()) == 0.0 and float(grads[1.0].abs().sum()) > 0
     assert torch.allclose(grads[0.25], 0.25 * grads[1.0], rtol=1e-4, atol=1e-9)
-    # with ranges, only those maps' layer rows get the class's gradient, at the same share
-    cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache), "model.emotion_weight=1.0",
-                         "model.emotion_map_gradient=0.25", "model.emotion_map_ranges=[[17,36]]"], tmp_path / "ranges")
-    pl.seed_everything(0)
-    datamodule, model = build(cfg)
-    datamodule.setup("fit")
-    model.step(next(iter(datamodule.train_dataloader())))["emotion"].backward()
-    rows = model.motion.model.l0.weight.grad.flatten(1)
+    _, ranged = emotion_gradient("ranged", "model.emotion_map_gradient=0.25", "model.emotion_map_ranges=[[17,36]]")
+    rows = ranged.flatten(1)
     assert torch.allclose(rows[17:36], 0.25 * grads[1.0].flatten(1)[17:36], rtol=1e-4, atol=1e-9)
     assert float(rows[:17].abs().sum()) == 0.0 and float(rows[36:].abs().sum()) == 0.0
     with pytest.raises(ValueError, match=r"emotion_map_ranges: each entry is \[first, end\)"):
         map_shares(70, 0.1, [[30, 80]])
+    assert map_shares(70, 0.0, [[17, 36]]) == 0.0  # no share: a plain detach, no backward through the maps
+    cfg = compose_train(["experiment=synthtalk/stage0_landmarks", *tiny(world_cache)], tmp_path / "bad")
     with pytest.raises(ValueError, match="emotion_map_gradient must be in"):
         LandmarkStage(OmegaConf.to_container(cfg.networks, resolve=True), dict(cfg.model.optimizer),
                       emotion_map_gradient=2.0)

@@ -57,8 +57,11 @@ def scale_gradient(x: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor
 
 def map_shares(num_maps: int, share: float, ranges: Sequence[Sequence[int]] | None) -> torch.Tensor | float:
     """Gradient share per heatmap ``(1, num_maps, 1, 1)``: ``share`` inside the half-open index
-    ``ranges`` ([[17, 36]]: iBUG brows and nose), 0 elsewhere; the plain ``share`` without ranges."""
-    if ranges is None:
+    ``ranges`` ([[17, 36]]: iBUG brows and nose), 0 elsewhere; the plain ``share`` without ranges
+    or at 0 (so that a detached input spares the backward through the maps)."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"emotion_map_gradient must be in [0, 1], got {share}")
+    if ranges is None or share == 0.0:
         return float(share)
     shares = torch.zeros(1, num_maps, 1, 1)
     for bounds in ranges:
@@ -102,8 +105,6 @@ class LandmarkStage(StageModule):
         self.offset_weight = float(offset_weight)
         self.emotion_weight = float(emotion_weight)
         self.expression_weight = float(expression_weight)
-        if not 0.0 <= emotion_map_gradient <= 1.0:
-            raise ValueError(f"emotion_map_gradient must be in [0, 1], got {emotion_map_gradient}")
         # Label read-outs (ours): f_mot -> pose labels and eye state, each divided by its scale.
         self.readout_weights = {"pose": float(pose_weight), "eyes": float(eye_weight)}
         self.register_buffer("pose_scale", positive_scale(pose_scale, "pose_scale"), persistent=False)
