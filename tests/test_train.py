@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from callbacks.memory_format import ChannelsLast, to_channels_last
 from pdfgc.errors import PdfgcError
+from pdfgc.losses.leakage import linear_leakage
 from pdfgc.stages.base import EXPORT_FILES, cosine_factor, positive_scale
 from pdfgc.stages.landmarks import LandmarkStage, known_mse, map_shares
 from pdfgc.training import resolve_ckpt_path, run, train_stage
@@ -264,13 +265,50 @@ def test_stage2_lip_adversary_reads_the_emotion_class_where_clips_are_labelled(t
     batch = next(iter(datamodule.train_dataloader()))
     steps = batch["frames"].shape[1]
     batch["emotion"] = torch.tensor([3, -1])
-    _, (lip, off_factors) = model.losses(batch)
+    _, rows = model.losses(batch)
+    lip, off_factors = rows["lip"]
     assert off_factors.shape == (2 * steps, 20) and lip.shape[0] == 2 * steps
+    assert "lip_clip" not in rows and model.lip_clip_leakage is None, "the clip-mean adversary is off by default"
     emotion = off_factors[:, 12:]
     assert torch.equal(emotion[:steps], torch.eye(8)[3].expand(steps, -1)) and not emotion[steps:].any()
     _, plain = build(compose_train(["experiment=synthtalk/stage2", *tiny(world_cache),
                                     "model.lip_leakage_emotions=0"], tmp_path / "plain"))
-    assert plain.losses(batch)[1][1].shape == (2 * steps, 12)
+    assert plain.losses(batch)[1]["lip"][1].shape == (2 * steps, 12)
+
+
+def test_stage2_clip_mean_adversary_reads_each_clips_mean_lip_code(tmp_path, world_cache):
+    """loss_weights.lip_clip_leakage: its adversary sees one row per clip, the lip code averaged
+    over the clip's N steps against the clip's one-hot class; its loss is linear_leakage of those
+    rows with its banks, its gradient reaches the lip head, and training pushes rows into its banks."""
+    overrides = [*tiny(world_cache), "model.lip_leakage_emotions=8", "model.loss_weights.lip_clip_leakage=1.0"]
+    cfg = compose_train(["experiment=synthtalk/stage2", *overrides], tmp_path)
+    pl.seed_everything(0)
+    datamodule, model = build(cfg)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    b, n = batch["frames"].shape[:2]
+    batch["emotion"] = torch.tensor([3, 5])
+    lip = model.codes(batch["frames"].flatten(0, 1))["lip"].detach()
+    clip_mean = lip.view(b, n, -1).mean(1)
+    _, rows = model.losses(batch)
+    code, emotion = rows["lip_clip"]
+    assert torch.allclose(code, clip_mean, atol=1e-6) and torch.equal(emotion, torch.eye(8)[[3, 5]])
+    # Banks filled past min_rows with known rows: the loss equals the closed-form leakage.
+    bank_codes, bank_emotions = torch.randn(70, clip_mean.shape[1]), torch.eye(8)[torch.arange(70) % 8]
+    model.lip_clip_leakage.push(bank_codes, bank_emotions)
+    terms, _ = model.losses(batch)
+    expected = linear_leakage(clip_mean, emotion, bank_codes, bank_emotions, ridge=model.lip_clip_leakage.ridge)
+    assert float(terms["lip_clip_leakage"]) > 0
+    assert torch.allclose(terms["lip_clip_leakage"], expected, rtol=1e-4), (terms["lip_clip_leakage"], expected)
+    terms["lip_clip_leakage"].backward()
+    assert model.motion.mouth_embed[1].weight.grad.abs().sum() > 0
+    fresh_datamodule, fresh = build(cfg)
+    fit(cfg, fresh, fresh_datamodule, 3)
+    assert len(fresh.lip_clip_leakage.code_bank) == 3 * cfg.data.batch_size  # one row per clip per step
+    assert len(fresh.lip_leakage.code_bank) == 3 * cfg.data.batch_size * n
+    with pytest.raises(Exception, match="lip_leakage_emotions"):
+        build(compose_train(["experiment=synthtalk/stage2", *tiny(world_cache), "model.lip_leakage_emotions=0",
+                             "model.loss_weights.lip_clip_leakage=1.0"], tmp_path / "bad"))
 
 
 def test_stage1_can_keep_a_given_e_mot_fixed(tmp_path, world_cache):

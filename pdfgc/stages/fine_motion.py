@@ -16,6 +16,11 @@ Three heads on f_mot (paper Fig. 2, middle), the E_mot backbone frozen:
   ``lip_leakage_emotions``, the clip's emotion class where clips are labelled. f_mot carries
   pose, blinks and the expression's mouth shape, and the InfoNCE (whose negatives share the
   clip's emotion) alone keeps whatever of them the lip code copies;
+* lip clip leakage (ours, ``loss_weights.lip_clip_leakage``): a second adversary must not read
+  the clip's emotion class from the clip's *mean* lip code. An expression moves the jaw by a
+  constant per clip (SynthTalk: surprise opens it, anger narrows it); a per-frame adversary barely
+  sees that offset under the speech's own swing, the clip mean shows it alone. The InfoNCE cannot
+  remove it either: its negatives come from the same clip and share the offset;
 * eye gaze (ours, ``eye_gaze``): the gaze dims (2, 3) regress the irises' mean offset.
 """
 
@@ -82,6 +87,13 @@ class FineMotionStage(StageModule):
         # are labelled, the emotion class as one-hot columns (unlabelled rows: all zero).
         self.lip_leakage_emotions = int(lip_leakage_emotions)
         self.lip_leakage = LinearLeakage(lip_dim, 12 + self.lip_leakage_emotions, leakage_bank_size, leakage_ridge)
+        # Built only when weighted, so that checkpoints of runs without it keep their keys.
+        self.lip_clip_leakage = None
+        if self.loss_weights.get("lip_clip_leakage", 0.0):
+            if not self.lip_leakage_emotions:
+                raise ValueError("loss_weights.lip_clip_leakage needs lip_leakage_emotions > 0 "
+                                 "(the number of emotion classes its adversary reads)")
+            self.lip_clip_leakage = LinearLeakage(lip_dim, self.lip_leakage_emotions, leakage_bank_size, leakage_ridge)
         if lip_code_rank < 0 or lip_code_rank > lip_dim:
             raise ValueError(f"lip_code_rank must be in [0, {lip_dim}], got {lip_code_rank}")
         self.lip_code_rank = int(lip_code_rank)
@@ -105,8 +117,10 @@ class FineMotionStage(StageModule):
         pose, eye, emotion, mouth_feature = self.motion.heads(unified)
         return {"lip": self.motion.mouth_code(mouth_feature), "pose": pose, "eye": eye}
 
-    def losses(self, batch) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """Loss terms (and ``total``), plus the (lip code, off-factor) rows for the leakage banks."""
+    def losses(self, batch) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Loss terms (and ``total``), plus the detached rows for the leakage banks:
+        ``{"lip": (lip codes (B*N, D), off-factors (B*N, 12+C))}`` and, with ``lip_clip_leakage``,
+        ``"lip_clip": (clip-mean lip codes (B, D), one-hot emotions (B, C))``."""
         frames, mels = batch["frames"], batch["mels"]
         b, n = frames.shape[:2]
         codes = self.codes(frames.flatten(0, 1))
@@ -123,6 +137,12 @@ class FineMotionStage(StageModule):
         off_factors = torch.cat([pose_labels, codes["eye"].detach(), self.emotion_columns(batch, n)], dim=1)
         if self.loss_weights.get("lip_leakage", 0.0):
             terms["lip_leakage"] = self.lip_leakage(codes["lip"], off_factors)
+        bank_rows = {"lip": (codes["lip"].detach(), off_factors)}
+        if self.lip_clip_leakage is not None:
+            clip_lip = codes["lip"].view(b, n, -1).mean(1)
+            clip_emotion = self.emotion_columns(batch, 1)
+            terms["lip_clip_leakage"] = self.lip_clip_leakage(clip_lip, clip_emotion)
+            bank_rows["lip_clip"] = (clip_lip.detach(), clip_emotion)
         eyes = self.codes(torch.cat([batch["eye_anchor"], batch["eye_positive"], batch["eye_negative"]]))["eye"]
         anchor, positive, negative = eyes.chunk(3)
         terms["eye"] = eye_triplet_loss(anchor, positive, negative, temperature=self.eye_temperature)
@@ -142,7 +162,7 @@ class FineMotionStage(StageModule):
                 terms["eye_gaze"] = F.l1_loss(gaze[known], target[known])
         total = sum(self.loss_weights.get(k, 0.0) * v for k, v in terms.items() if not k.endswith("accuracy"))
         terms["total"] = total
-        return terms, (codes["lip"].detach(), off_factors)
+        return terms, bank_rows
 
     def emotion_columns(self, batch, steps: int) -> torch.Tensor:
         """``(B*steps, lip_leakage_emotions)`` one-hot of each clip's ``emotion`` label per time
@@ -157,8 +177,10 @@ class FineMotionStage(StageModule):
         return one_hot.to(frames.dtype)
 
     def training_step(self, batch, batch_idx):
-        terms, (lip, off_factors) = self.losses(batch)
-        self.lip_leakage.push(self.all_gather_flat(lip), self.all_gather_flat(off_factors))
+        terms, bank_rows = self.losses(batch)
+        for name, (code, factors) in bank_rows.items():
+            adversary = self.lip_leakage if name == "lip" else self.lip_clip_leakage
+            adversary.push(self.all_gather_flat(code), self.all_gather_flat(factors))
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()})
         self.log("train/loss", terms["total"].detach(), prog_bar=True)
         return terms["total"]
