@@ -311,6 +311,28 @@ def test_stage2_clip_mean_adversary_reads_each_clips_mean_lip_code(tmp_path, wor
                              "model.loss_weights.lip_clip_leakage=1.0"], tmp_path / "bad"))
 
 
+def test_stage2_lip_audio_match_regresses_the_visual_lip_code_onto_the_detached_audio_code(tmp_path, world_cache):
+    """loss_weights.lip_audio_match: MSE(visual lip code, audio lip code) over the audio codes'
+    mean per-dim variance; its gradient moves the lip head, never E_aud; 0 (default) adds no term."""
+    cfg = compose_train(["experiment=synthtalk/stage2", *tiny(world_cache), "model.loss_weights.lip_audio_match=1.0"],
+                        tmp_path)
+    pl.seed_everything(0)
+    datamodule, model = build(cfg)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    terms, _ = model.losses(batch)
+    visual = model.codes(batch["frames"].flatten(0, 1))["lip"]
+    _, audio = model.audio(batch["mels"].flatten(0, 1))
+    expected = (visual - audio).pow(2).mean() / audio.var(0, unbiased=False).mean()
+    assert torch.allclose(terms["lip_audio_match"], expected, rtol=1e-4), (terms["lip_audio_match"], expected)
+    model.zero_grad()
+    terms["lip_audio_match"].backward()
+    assert model.motion.mouth_embed[1].weight.grad.abs().sum() > 0
+    assert all(p.grad is None or not p.grad.any() for p in model.audio.parameters()), "the audio code is the target"
+    _, plain = build(compose_train(["experiment=synthtalk/stage2", *tiny(world_cache)], tmp_path / "plain"))
+    assert "lip_audio_match" not in plain.losses(batch)[0]
+
+
 def test_stage1_can_keep_a_given_e_mot_fixed(tmp_path, world_cache):
     """train_motion=false (SynthTalk, after the landmark stage): E_mot, BN statistics included,
     is exactly as given while E_app and G0 train."""

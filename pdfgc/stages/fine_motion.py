@@ -21,6 +21,8 @@ Three heads on f_mot (paper Fig. 2, middle), the E_mot backbone frozen:
   constant per clip (SynthTalk: surprise opens it, anger narrows it); a per-frame adversary barely
   sees that offset under the speech's own swing, the clip mean shows it alone. The InfoNCE cannot
   remove it either: its negatives come from the same clip and share the offset;
+* lip audio match (ours, ``loss_weights.lip_audio_match``): the visual lip code regresses the
+  detached audio code of its frame;
 * eye gaze (ours, ``eye_gaze``): the gaze dims (2, 3) regress the irises' mean offset.
 """
 
@@ -137,6 +139,13 @@ class FineMotionStage(StageModule):
         off_factors = torch.cat([pose_labels, codes["eye"].detach(), self.emotion_columns(batch, n)], dim=1)
         if self.loss_weights.get("lip_leakage", 0.0):
             terms["lip_leakage"] = self.lip_leakage(codes["lip"], off_factors)
+        if self.loss_weights.get("lip_audio_match", 0.0):
+            # Ours: the visual lip code regresses its frame's (detached) audio code, relative to
+            # the audio codes' spread (1 = no better than their mean); what the audio cannot know
+            # (the expression's jaw drop, the speaker's lips) then has no place in it.
+            target = audio_lip.detach()
+            spread = target.var(0, unbiased=False).mean().clamp_min(1e-6)
+            terms["lip_audio_match"] = F.mse_loss(codes["lip"], target) / spread
         bank_rows = {"lip": (codes["lip"].detach(), off_factors)}
         if self.lip_clip_leakage is not None:
             clip_lip = codes["lip"].view(b, n, -1).mean(1)
