@@ -335,6 +335,39 @@ def test_stage2_lip_audio_match_regresses_the_visual_lip_code_onto_the_detached_
     assert "lip_audio_match" not in plain.losses(batch)[0]
 
 
+def test_stage2_audio_fold_makes_the_lip_code_its_rank_k_prediction_of_the_audio_code(tmp_path, world_cache):
+    """lip_code_fold=audio: after training, the lip head outputs the rank-k ridge prediction of
+    the banked audio codes (keys and shapes kept); an audio code that is a rank-2 linear map of
+    the visual code plus noise the visual code cannot know is recovered without the noise."""
+    cfg = compose_train(["experiment=synthtalk/stage2", *tiny(world_cache), "model.lip_code_rank=2",
+                         "model.lip_code_fold=audio", "model.lip_fold_ridge=1e-6"], tmp_path)
+    pl.seed_everything(0)
+    _, model = build(cfg)
+    features = torch.randn(1500, model.motion.mouth_embed[1].in_features)
+    visual = model.motion.mouth_code(features).double()
+    dim = visual.shape[1]
+    mixing = torch.randn(dim, 2, dtype=torch.float64) @ torch.randn(2, dim, dtype=torch.float64) / dim ** 0.5
+    speech = 3.0 + (visual - visual.mean(0)) @ mixing
+    audio = speech + speech.std(0) * torch.randn_like(speech)  # as much again that the frame does not show
+    model.lip_fold_banks["visual"].push(visual[:4].float())
+    model.lip_fold_banks["audio"].push(audio[:4].float())
+    model.on_train_end()  # too few pairs for a fit: left as trained
+    assert torch.equal(model.motion.mouth_code(features).double(), visual)
+    model.lip_fold_banks["visual"].push(visual[4:].float())
+    model.lip_fold_banks["audio"].push(audio[4:].float())
+    keys = {k: v.shape for k, v in model.motion.state_dict().items()}
+    model.on_train_end()
+    after = model.motion.mouth_code(features).double()
+    assert {k: v.shape for k, v in model.motion.state_dict().items()} == keys
+    assert float((after - speech).pow(2).mean() / speech.var(0).mean()) < 0.05, "recovers the speech part"
+    assert float((audio - speech).pow(2).mean() / speech.var(0).mean()) > 0.8, "which the raw audio is not"
+    singular = torch.linalg.svdvals(after - after.mean(0))
+    assert float(singular[2]) < 1e-3 * float(singular[0]), "rank 2"
+    with pytest.raises(Exception, match="lip_code_fold must be"):
+        build(compose_train(["experiment=synthtalk/stage2", *tiny(world_cache), "model.lip_code_fold=svd"],
+                            tmp_path / "bad"))
+
+
 def test_stage1_can_keep_a_given_e_mot_fixed(tmp_path, world_cache):
     """train_motion=false (SynthTalk, after the landmark stage): E_mot, BN statistics included,
     is exactly as given while E_app and G0 train."""

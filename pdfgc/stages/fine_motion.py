@@ -22,7 +22,8 @@ Three heads on f_mot (paper Fig. 2, middle), the E_mot backbone frozen:
   sees that offset under the speech's own swing, the clip mean shows it alone. The InfoNCE cannot
   remove it either: its negatives come from the same clip and share the offset;
 * lip audio match (ours, ``loss_weights.lip_audio_match``): the visual lip code regresses the
-  detached audio code of its frame;
+  detached audio code of its frame; ``lip_code_fold: audio`` (with ``lip_code_rank``) then makes
+  the code, after training, its rank-k linear prediction of the audio code;
 * eye gaze (ours, ``eye_gaze``): the gaze dims (2, 3) regress the irises' mean offset.
 """
 
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 
 from pdfgc.losses import audio_visual_infonce, eye_triplet_loss
 from pdfgc.losses import LinearLeakage
+from pdfgc.losses.decorrelation import MemoryBank
 from pdfgc.networks.codes import BLINK_DIMS, GAZE_DIMS
 from pdfgc.stages.base import StageModule, freeze, positive_scale
 
@@ -68,6 +70,9 @@ class FineMotionStage(StageModule):
         gaze_scale: float = 0.1,
         lip_leakage_emotions: int = 0,
         lip_code_rank: int = 0,
+        lip_code_fold: str = "pca",
+        lip_fold_bank_size: int = 4096,
+        lip_fold_ridge: float = 0.01,
     ) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
@@ -99,6 +104,17 @@ class FineMotionStage(StageModule):
         if lip_code_rank < 0 or lip_code_rank > lip_dim:
             raise ValueError(f"lip_code_rank must be in [0, {lip_dim}], got {lip_code_rank}")
         self.lip_code_rank = int(lip_code_rank)
+        if lip_code_fold not in ("pca", "audio"):
+            raise ValueError(f"lip_code_fold must be 'pca' or 'audio', got {lip_code_fold!r}")
+        self.lip_code_fold = lip_code_fold
+        self.lip_fold_ridge = float(lip_fold_ridge)
+        # (visual, audio) lip-code pairs for the audio fold; built only then, so that other
+        # runs keep their checkpoint keys.
+        self.lip_fold_banks = None
+        if self.lip_code_rank and lip_code_fold == "audio":
+            # The InfoNCE compares the two codes, so they have one width.
+            self.lip_fold_banks = torch.nn.ModuleDict({"visual": MemoryBank(lip_dim, lip_fold_bank_size),
+                                                       "audio": MemoryBank(lip_dim, lip_fold_bank_size)})
         self.freeze_backbone()
 
     def freeze_backbone(self) -> None:
@@ -147,6 +163,8 @@ class FineMotionStage(StageModule):
             spread = target.var(0, unbiased=False).mean().clamp_min(1e-6)
             terms["lip_audio_match"] = F.mse_loss(codes["lip"], target) / spread
         bank_rows = {"lip": (codes["lip"].detach(), off_factors)}
+        if self.lip_fold_banks is not None:
+            bank_rows["lip_fold"] = (codes["lip"].detach(), audio_lip.detach())
         if self.lip_clip_leakage is not None:
             clip_lip = codes["lip"].view(b, n, -1).mean(1)
             clip_emotion = self.emotion_columns(batch, 1)
@@ -188,6 +206,10 @@ class FineMotionStage(StageModule):
     def training_step(self, batch, batch_idx):
         terms, bank_rows = self.losses(batch)
         for name, (code, factors) in bank_rows.items():
+            if name == "lip_fold":
+                self.lip_fold_banks["visual"].push(self.all_gather_flat(code))
+                self.lip_fold_banks["audio"].push(self.all_gather_flat(factors))
+                continue
             adversary = self.lip_leakage if name == "lip" else self.lip_clip_leakage
             adversary.push(self.all_gather_flat(code), self.all_gather_flat(factors))
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()})
@@ -205,8 +227,39 @@ class FineMotionStage(StageModule):
                 "eye_negative": batch["eye_negative"]}
 
     def on_train_end(self) -> None:
-        if self.lip_code_rank:
+        if self.lip_code_rank and self.lip_code_fold == "audio":
+            self.fold_lip_onto_audio(self.lip_code_rank)
+        elif self.lip_code_rank:
             self.fold_lip_projection(self.lip_code_rank)
+
+    @torch.no_grad()
+    def fold_lip_onto_audio(self, rank: int) -> None:
+        """Make the lip code the rank-``rank`` linear prediction of its frame's audio code (ours,
+        ``lip_code_fold: audio``).
+
+        A frame shows more than the audio can know (on SynthTalk the expression's jaw drop); the
+        part of the visual lip code that predicts the audio code is the part that is speech. On
+        the banked (visual ``x``, audio ``a``) pairs: the ridge map ``B`` from standardised ``x̂``
+        to centred ``a`` (``lip_fold_ridge``), reduced to the top-``rank`` principal directions
+        ``V`` of its fitted values (reduced-rank regression), ``x' = m_a + x̂ B V Vᵀ``. Affine,
+        so folded into the lip head's last Linear like the PCA fold: official keys and shapes.
+        """
+        visual = self.lip_fold_banks["visual"].get().double()
+        audio = self.lip_fold_banks["audio"].get().double()
+        if len(visual) <= 2 * rank:
+            log.warning("lip_code_rank=%d: only %d banked lip codes, the lip head is left as trained", rank, len(visual))
+            return
+        mean, std = visual.mean(0), visual.std(0) + 1e-5
+        z = (visual - mean) / std
+        audio_mean = audio.mean(0)
+        gram = z.T @ z / len(z) + self.lip_fold_ridge * torch.eye(z.shape[1], dtype=z.dtype)
+        ridge_map = torch.linalg.solve(gram, z.T @ (audio - audio_mean) / len(z))  # (D, Da)
+        directions = torch.linalg.svd(z @ ridge_map, full_matrices=False)[2][:rank]  # (rank, Da)
+        fold = (ridge_map @ directions.T @ directions).T / std[None, :]  # (Da, D)
+        linear = self.motion.mouth_embed[1]
+        weight, bias = linear.weight.double(), linear.bias.double()
+        linear.weight.copy_((fold @ weight).to(linear.weight.dtype))
+        linear.bias.copy_((fold @ bias + audio_mean - fold @ mean).to(linear.bias.dtype))
 
     @torch.no_grad()
     def fold_lip_projection(self, rank: int) -> None:
