@@ -349,12 +349,10 @@ def test_stage2_audio_fold_makes_the_lip_code_its_rank_k_prediction_of_the_audio
     mixing = torch.randn(dim, 2, dtype=torch.float64) @ torch.randn(2, dim, dtype=torch.float64) / dim ** 0.5
     speech = 3.0 + (visual - visual.mean(0)) @ mixing
     audio = speech + speech.std(0) * torch.randn_like(speech)  # as much again that the frame does not show
-    model.lip_fold_banks["visual"].push(visual[:4].float())
-    model.lip_fold_banks["audio"].push(audio[:4].float())
+    model.push_lip_fold_pair(visual[:4].float(), audio[:4].float())
     model.on_train_end()  # too few pairs for a fit: left as trained
     assert torch.equal(model.motion.mouth_code(features).double(), visual)
-    model.lip_fold_banks["visual"].push(visual[4:].float())
-    model.lip_fold_banks["audio"].push(audio[4:].float())
+    model.push_lip_fold_pair(visual[4:].float(), audio[4:].float())
     keys = {k: v.shape for k, v in model.motion.state_dict().items()}
     model.on_train_end()
     after = model.motion.mouth_code(features).double()
@@ -363,6 +361,10 @@ def test_stage2_audio_fold_makes_the_lip_code_its_rank_k_prediction_of_the_audio
     assert float((audio - speech).pow(2).mean() / speech.var(0).mean()) > 0.8, "which the raw audio is not"
     singular = torch.linalg.svdvals(after - after.mean(0))
     assert float(singular[2]) < 1e-3 * float(singular[0]), "rank 2"
+    fresh_datamodule, fresh = build(cfg)
+    fit(cfg, fresh, fresh_datamodule, 3)  # training banks one (visual, audio) pair per frame
+    frames = 3 * cfg.data.batch_size * cfg.data.num_lip_steps
+    assert len(fresh.lip_fold_banks["visual"]) == len(fresh.lip_fold_banks["audio"]) == frames
     with pytest.raises(Exception, match="lip_code_fold must be"):
         build(compose_train(["experiment=synthtalk/stage2", *tiny(world_cache), "model.lip_code_fold=svd"],
                             tmp_path / "bad"))

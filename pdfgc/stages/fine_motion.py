@@ -205,16 +205,27 @@ class FineMotionStage(StageModule):
 
     def training_step(self, batch, batch_idx):
         terms, bank_rows = self.losses(batch)
-        for name, (code, factors) in bank_rows.items():
-            if name == "lip_fold":
-                self.lip_fold_banks["visual"].push(self.all_gather_flat(code))
-                self.lip_fold_banks["audio"].push(self.all_gather_flat(factors))
-                continue
-            adversary = self.lip_leakage if name == "lip" else self.lip_clip_leakage
-            adversary.push(self.all_gather_flat(code), self.all_gather_flat(factors))
+        pushers = self.bank_pushers()
+        for name, (code, paired) in bank_rows.items():
+            pushers[name](self.all_gather_flat(code), self.all_gather_flat(paired))
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()})
         self.log("train/loss", terms["total"].detach(), prog_bar=True)
         return terms["total"]
+
+    def bank_pushers(self) -> dict:
+        """Where each of ``losses``' bank rows goes, by name: ``push(code, paired)`` of the leakage
+        adversaries (paired = the factors it must not predict) and of the lip fold (paired = audio)."""
+        pushers = {"lip": self.lip_leakage.push}
+        if self.lip_clip_leakage is not None:
+            pushers["lip_clip"] = self.lip_clip_leakage.push
+        if self.lip_fold_banks is not None:
+            pushers["lip_fold"] = self.push_lip_fold_pair
+        return pushers
+
+    def push_lip_fold_pair(self, visual: torch.Tensor, audio: torch.Tensor) -> None:
+        """Bank ``(N, D)`` visual lip codes with their frames' ``(N, D)`` audio codes (``lip_code_fold: audio``)."""
+        self.lip_fold_banks["visual"].push(visual)
+        self.lip_fold_banks["audio"].push(audio)
 
     def validation_step(self, batch, batch_idx):
         terms, _ = self.losses(batch)
@@ -256,10 +267,7 @@ class FineMotionStage(StageModule):
         ridge_map = torch.linalg.solve(gram, z.T @ (audio - audio_mean) / len(z))  # (D, Da)
         directions = torch.linalg.svd(z @ ridge_map, full_matrices=False)[2][:rank]  # (rank, Da)
         fold = (ridge_map @ directions.T @ directions).T / std[None, :]  # (Da, D)
-        linear = self.motion.mouth_embed[1]
-        weight, bias = linear.weight.double(), linear.bias.double()
-        linear.weight.copy_((fold @ weight).to(linear.weight.dtype))
-        linear.bias.copy_((fold @ bias + audio_mean - fold @ mean).to(linear.bias.dtype))
+        self.fold_affine_into_lip_head(fold, audio_mean - fold @ mean)
 
     @torch.no_grad()
     def fold_lip_projection(self, rank: int) -> None:
@@ -280,10 +288,17 @@ class FineMotionStage(StageModule):
         _, _, vh = torch.linalg.svd((codes - mean) / std, full_matrices=False)
         basis = vh[:rank]
         fold = std[:, None] * (basis.T @ basis) / std[None, :]  # D P D^-1, (500, 500)
+        self.fold_affine_into_lip_head(fold, mean - fold @ mean)
+
+    @torch.no_grad()
+    def fold_affine_into_lip_head(self, fold: torch.Tensor, shift: torch.Tensor) -> None:
+        """Make the lip head output ``fold @ x + shift`` where it output ``x``: ``fold`` ``(D, D)``,
+        ``shift`` ``(D,)`` (float64). Composed into ``mouth_embed[1]``, the head's last Linear, so
+        the weights keep the official keys and shapes."""
         linear = self.motion.mouth_embed[1]
         weight, bias = linear.weight.double(), linear.bias.double()
         linear.weight.copy_((fold @ weight).to(linear.weight.dtype))
-        linear.bias.copy_((fold @ bias + mean - fold @ mean).to(linear.bias.dtype))
+        linear.bias.copy_((fold @ bias + shift).to(linear.bias.dtype))
 
     def configure_optimizers(self):
         return self.scheduled(self.adam(list(self.motion.parameters()) + list(self.audio.parameters())))
