@@ -579,7 +579,8 @@ def test_two_process_ddp_on_cpu_trains_a_step(tmp_path, world_cache):
 def test_stage2_lip_code_rank_folds_a_rank_k_projection_into_the_lip_head(tmp_path, world_cache):
     """The fold leaves the lip head's keys and shapes, and its codes become the rank-k principal
     projection (standardised by the banked codes) of the codes before it."""
-    cfg = compose_train(["experiment=synthtalk/stage2", *tiny(world_cache), "model.lip_code_rank=3"], tmp_path)
+    cfg = compose_train(["experiment=synthtalk/stage2", *tiny(world_cache), "model.lip_code_rank=3",
+                         "model.lip_code_fold=pca"], tmp_path)
     pl.seed_everything(0)
     _, model = build(cfg)
     features = torch.randn(64, model.motion.mouth_embed[1].in_features)
