@@ -36,8 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from pdfgc.losses import audio_visual_infonce, eye_triplet_loss
-from pdfgc.losses import LinearLeakage
-from pdfgc.losses.decorrelation import MemoryBank
+from pdfgc.losses import LinearLeakage, MemoryBank
 from pdfgc.networks.codes import BLINK_DIMS, GAZE_DIMS
 from pdfgc.stages.base import StageModule, freeze, positive_scale
 
@@ -238,10 +237,19 @@ class FineMotionStage(StageModule):
                 "eye_negative": batch["eye_negative"]}
 
     def on_train_end(self) -> None:
-        if self.lip_code_rank and self.lip_code_fold == "audio":
-            self.fold_lip_onto_audio(self.lip_code_rank)
-        elif self.lip_code_rank:
-            self.fold_lip_projection(self.lip_code_rank)
+        if not self.lip_code_rank:
+            return
+        fold = self.fold_lip_onto_audio if self.lip_code_fold == "audio" else self.fold_lip_projection
+        fold(self.lip_code_rank)
+
+    @staticmethod
+    def enough_codes_to_fold(count: int, rank: int) -> bool:
+        """Whether ``count`` banked codes can fit a rank-``rank`` fold; a debug run of a step or
+        two has too few, and its lip head is then left as trained (with a warning)."""
+        if count > 2 * rank:
+            return True
+        log.warning("lip_code_rank=%d: only %d banked lip codes, the lip head is left as trained", rank, count)
+        return False
 
     @torch.no_grad()
     def fold_lip_onto_audio(self, rank: int) -> None:
@@ -257,8 +265,7 @@ class FineMotionStage(StageModule):
         """
         visual = self.lip_fold_banks["visual"].get().double()
         audio = self.lip_fold_banks["audio"].get().double()
-        if len(visual) <= 2 * rank:
-            log.warning("lip_code_rank=%d: only %d banked lip codes, the lip head is left as trained", rank, len(visual))
+        if not self.enough_codes_to_fold(len(visual), rank):
             return
         mean, std = visual.mean(0), visual.std(0) + 1e-5
         z = (visual - mean) / std
@@ -281,8 +288,7 @@ class FineMotionStage(StageModule):
         DDP rank folds the same.
         """
         codes = self.lip_leakage.code_bank.get().double()
-        if len(codes) <= 2 * rank:  # a debug run of a step or two: too few codes for a basis
-            log.warning("lip_code_rank=%d: only %d banked lip codes, the lip head is left as trained", rank, len(codes))
+        if not self.enough_codes_to_fold(len(codes), rank):
             return
         mean, std = codes.mean(0), codes.std(0) + 1e-5
         _, _, vh = torch.linalg.svd((codes - mean) / std, full_matrices=False)
