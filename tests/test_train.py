@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -542,7 +543,7 @@ def test_ckpt_path_last_without_checkpoint_is_a_clear_error(tmp_path):
         resolve_ckpt_path(str(tmp_path / "nope.ckpt"), tmp_path)
 
 
-def test_stage_chain_initialises_from_the_previous_export(tmp_path, world_cache):
+def test_stage_chain_initialises_from_the_previous_export(tmp_path, world_cache, caplog):
     s1 = compose_train(["experiment=synthtalk/stage1", *tiny(world_cache), "trainer.max_steps=2",
                         "trainer.val_check_interval=100"], tmp_path / "s1")
     export1 = Path(train_stage(s1)["export_dir"])
@@ -555,7 +556,8 @@ def test_stage_chain_initialises_from_the_previous_export(tmp_path, world_cache)
     saved = torch.load(export1 / "motion_model.pth", weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in stage2.motion.state_dict().items())
 
-    s3 = compose_train(["experiment=synthtalk/stage3", *tiny(world_cache)], tmp_path / "s3")
+    s3 = compose_train(["experiment=synthtalk/stage3", *tiny(world_cache), "trainer.max_steps=2",
+                        "trainer.val_check_interval=100", f"init_from={export1}"], tmp_path / "s3")
     _, stage3 = build(s3)
     loaded = stage3.init_from_export(export1)
     assert "generator" in loaded
@@ -563,7 +565,40 @@ def test_stage_chain_initialises_from_the_previous_export(tmp_path, world_cache)
     g = stage3.generator.state_dict()
     assert torch.equal(g["convs.0.conv.weight"], g0["convs.0.conv.weight"]), "conv weights carried over from G0"
     key = "conv1.conv.modulation.weight"
-    assert torch.equal(g[key][:, :2048], g0[key][:, :2048]), "identity columns of the style input carried over"
+    # EqualLinear scales by 1/sqrt(in_dim) at run time: the identity response is G0's, not the raw numbers.
+    assert torch.allclose(g[key][:, :2048] / 2590 ** 0.5, g0[key][:, :2048] / 2560 ** 0.5, atol=1e-6)
+    assert not g[key][:, 2048:].any(), "motion columns start at zero until the fold"
+
+    # A run initialised from G0 folds the codes -> f_mot map into G at fit start.
+    with caplog.at_level(logging.INFO, logger="pdfgc.stages.emotion"):
+        train_stage(s3)
+    assert any("G starts as G0" in r.getMessage() for r in caplog.records)
+
+
+def test_g0_folded_into_g_renders_as_g0_from_the_mapped_codes():
+    """G from G0 + the fold of an exact affine map codes -> f_mot gives G0's image for G0's input."""
+    from pdfgc.networks import Generator
+    from pdfgc.networks.codes import MOTION_DIM
+    from pdfgc.stages.generator_init import fold_codes_into_generator, generator_from_g0, ridge_code_map
+
+    torch.manual_seed(0)
+    small = dict(size=16, init_size=4, channels={4: 32, 8: 32, 16: 16}, mapping_layers=0)
+    g0 = Generator(style_dim=2560, **small).eval()
+    g = Generator(style_dim=2590, **small).eval()
+    motion = generator_from_g0(g, g0.state_dict())
+    id_vec, id_map = torch.randn(4, 2048), torch.randn(4, 512, 4, 4)
+    codes = torch.randn(4, MOTION_DIM) * 3
+    with torch.no_grad():
+        assert torch.allclose(g(torch.cat([id_vec, codes], 1), id_map),
+                              g0(torch.cat([id_vec, torch.zeros(4, 512)], 1), id_map), atol=1e-5)
+        # f_mot an exact affine function of the codes: the ridge fit recovers it, the fold makes G = G0.
+        truth, offset = torch.randn(MOTION_DIM, 512) * 0.01, torch.randn(512) * 0.1
+        fit_codes = torch.randn(2000, MOTION_DIM) * torch.rand(MOTION_DIM) * 5
+        code_map, shift = ridge_code_map(fit_codes, fit_codes @ truth + offset, ridge=1e-8)
+        assert torch.allclose(code_map.float(), truth, atol=1e-4) and torch.allclose(shift.float(), offset, atol=1e-4)
+        fold_codes_into_generator(g, motion, code_map, shift)
+        assert torch.allclose(g(torch.cat([id_vec, codes], 1), id_map),
+                              g0(torch.cat([id_vec, codes @ truth + offset], 1), id_map), atol=1e-4)
 
 
 @pytest.mark.slow

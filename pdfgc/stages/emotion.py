@@ -23,12 +23,14 @@ Losses (weights in ``configs/model/stage3_emotion.yaml``):
   cross-entropy. The paper learns expression from reconstruction alone over about two weeks on
   4 V100s; a short run needs the labels. The classifier is a training head and is not exported.
 
-G is initialised from the stage-1 G0 where shapes agree; G0's modulation weights for the
-identity part (first 2048 style inputs) carry over, the motion part starts fresh.
+G is initialised from the stage-1 G0 (:mod:`pdfgc.stages.generator_init`): the layers and the
+identity columns of every style input are copied; at fit start the motion columns become G0's
+f_mot columns composed with a ridge map from the codes to f_mot, so that G starts as G0.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Mapping
 
@@ -37,35 +39,14 @@ import torch.nn.functional as F
 
 from pdfgc.losses import LinearLeakage, MemoryBank, decorrelation_loss, mouth_region_l1
 from pdfgc.networks.codes import compose_style
-from pdfgc.stages.base import EXPORT_FILES, StageModule, freeze, load_weights_file, params_frozen
+from pdfgc.checkpoints import read_state_dict
+from pdfgc.stages.base import EXPORT_FILES, StageModule, freeze, params_frozen
 from pdfgc.stages.ema import make_ema
 from pdfgc.stages.emotion_labels import emotion_classifier, labelled_cross_entropy
 from pdfgc.stages.gan import GanStepMixin
+from pdfgc.stages.generator_init import MotionColumns, fold_codes_into_generator, generator_from_g0, ridge_code_map
 
-
-def transfer_matching(target: torch.nn.Module, source_state: Mapping[str, torch.Tensor]) -> int:
-    """Copy every tensor of ``source_state`` whose key and shape match ``target``.
-
-    For a style-input matrix (``*.modulation.weight``, (C, style_dim)) that differs only in its
-    input width, the shared leading columns (the identity slot) are copied. Returns the number
-    of tensors (fully or partly) copied.
-    """
-    own = target.state_dict()
-    copied = 0
-    for key, value in own.items():
-        src = source_state.get(key)
-        if src is None:
-            continue
-        if src.shape == value.shape:
-            own[key] = src.clone()
-        elif key.endswith("modulation.weight") and src.shape[0] == value.shape[0]:
-            width = min(src.shape[1], value.shape[1])
-            own[key][:, :width] = src[:, :width]
-        else:
-            continue
-        copied += 1
-    target.load_state_dict(own)
-    return copied
+log = logging.getLogger(__name__)
 
 
 class EmotionGeneratorStage(GanStepMixin, StageModule):
@@ -91,6 +72,8 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         grad_clip: float = 5.0,
         leakage_ridge: float = 0.1,
         num_emotions: int = 8,
+        g0_fold_batches: int = 32,
+        g0_fold_ridge: float = 0.1,
     ) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
@@ -113,6 +96,9 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         self.emotion_leakage = LinearLeakage(30, 12 + mouth_dim, bank_size, leakage_ridge,
                                              factor_groups=(12, mouth_dim))
         self.emotion_classifier = emotion_classifier(30, num_emotions)
+        self.g0_fold_batches = int(g0_fold_batches)
+        self.g0_fold_ridge = float(g0_fold_ridge)
+        self.g0_motion: MotionColumns | None = None  # set when G starts from G0; folded at fit start
 
     def init_slot_from_file(self, slot: str, directory: Path) -> bool:
         # The generator starts from stage 1's G0 when no stage-3 generator exists yet.
@@ -120,11 +106,45 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
             g0 = directory / EXPORT_FILES["generator0"]
             if not g0.exists():
                 return False
-            state = torch.load(g0, weights_only=True, map_location="cpu")
-            transfer_matching(self.generator, state)
+            state = read_state_dict(g0)
+            self.g0_motion = generator_from_g0(self.generator, state)
             self.generator_ema.module.load_state_dict(self.generator.state_dict())
             return True
         return super().init_slot_from_file(slot, directory)
+
+    def on_train_start(self) -> None:
+        # Only a run that initialised G from G0 folds (a resumed run restores G as trained).
+        if self.g0_motion is not None and self.g0_fold_batches > 0:
+            self.fold_g0_motion(self.g0_fold_batches)
+        self.g0_motion = None
+
+    @torch.no_grad()
+    def fold_g0_motion(self, max_batches: int) -> None:
+        """Fit the ridge map from the codes to the centre frame's f_mot over up to ``max_batches``
+        training batches (summed over DDP ranks) and fold G0's f_mot columns through it into G."""
+        loader = self.trainer.datamodule.train_dataloader() if self.trainer.datamodule else self.trainer.train_dataloader
+        was_training = self.training
+        self.eval()
+        codes, unified = [], []
+        for index, batch in enumerate(loader):
+            if index >= max_batches:
+                break
+            frames = batch["frames"].to(self.device)
+            window = self.window_codes(frames, batch["mels"].to(self.device))
+            codes.append(torch.cat([window["mouth"], window["emotion"], window["eye"], window["pose"]], 1))
+            unified.append(self.motion.unified(frames[:, frames.shape[1] // 2]))
+        self.train(was_training)
+        rows = self.trainer.strategy.reduce(torch.tensor(float(sum(len(c) for c in codes)), device=self.device),
+                                            reduce_op="sum")
+        if rows < 2:
+            log.warning("stage 3: %d training windows, too few to map the codes onto G0's f_mot; "
+                        "G's motion columns start at zero", int(rows))
+            return
+        code_map, shift = ridge_code_map(torch.cat(codes), torch.cat(unified), self.g0_fold_ridge,
+                                         lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
+        fold_codes_into_generator(self.generator, self.g0_motion, code_map, shift)
+        self.generator_ema.module.load_state_dict(self.generator.state_dict())
+        log.info("stage 3: G starts as G0, its codes mapped onto f_mot by ridge over %d windows", int(rows))
 
     def keep_frozen_in_eval(self) -> None:
         for net in (self.appearance, self.motion, self.audio):
