@@ -575,6 +575,31 @@ def test_stage_chain_initialises_from_the_previous_export(tmp_path, world_cache,
     assert any("G starts as G0" in r.getMessage() for r in caplog.records)
 
 
+def test_stage3_code_gain_is_folded_into_the_exported_generator(tmp_path, world_cache):
+    """With standardise_codes, G reads codes * gain in training; the export reads raw codes and
+    renders the same images, and a checkpoint keeps the gain."""
+    from pdfgc.networks.codes import MOTION_DIM, compose_style
+
+    cfg = compose_train(["experiment=synthtalk/stage3", *tiny(world_cache), "model.standardise_codes=true"], tmp_path)
+    torch.manual_seed(0)
+    _, model = build(cfg)
+    model.eval()
+    model.code_gain.copy_(torch.rand(MOTION_DIM) * 20 + 0.5)
+    codes = {"mouth": torch.randn(2, 500), "emotion": torch.randn(2, 30) * 0.05, "eye": torch.randn(2, 6),
+             "pose": torch.randn(2, 6) * 0.1}
+    source = torch.rand(2, 3, 64, 64) * 2 - 1
+    exported = model.network_slots()["generator"]
+    with torch.no_grad():
+        trained = model.render(source, codes, generator=model.generator_ema.module)
+        id_vec, id_map = model.appearance(source)
+        raw = exported(compose_style(id_vec, codes["mouth"], codes["emotion"], codes["eye"], codes["pose"]), id_map)
+        plain = model.generator_ema.module(
+            compose_style(id_vec, codes["mouth"], codes["emotion"], codes["eye"], codes["pose"]), id_map)
+    assert torch.allclose(trained, raw, atol=1e-4)
+    assert not torch.allclose(trained, plain, atol=1e-2), "the gain changes what G renders"
+    assert "code_gain" in model.state_dict()
+
+
 def test_g0_folded_into_g_renders_as_g0_from_the_mapped_codes():
     """G from G0 + the fold of an exact affine map codes -> f_mot gives G0's image for G0's input."""
     from pdfgc.networks import Generator

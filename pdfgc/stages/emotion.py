@@ -38,13 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from pdfgc.losses import LinearLeakage, MemoryBank, decorrelation_loss, mouth_region_l1
-from pdfgc.networks.codes import compose_style
+from pdfgc.networks.codes import ID_DIM, MOTION_DIM, compose_style
 from pdfgc.checkpoints import read_state_dict
 from pdfgc.stages.base import EXPORT_FILES, StageModule, freeze, params_frozen
 from pdfgc.stages.ema import make_ema
 from pdfgc.stages.emotion_labels import emotion_classifier, labelled_cross_entropy
 from pdfgc.stages.gan import GanStepMixin
-from pdfgc.stages.generator_init import MotionColumns, fold_codes_into_generator, generator_from_g0, ridge_code_map
+from pdfgc.stages.generator_init import (MotionColumns, code_gain, fold_code_gain, fold_codes_into_generator, generator_from_g0,
+                                        ridge_code_map)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         num_emotions: int = 8,
         g0_fold_batches: int = 32,
         g0_fold_ridge: float = 0.1,
+        standardise_codes: bool = False,
     ) -> None:
         super().__init__(networks, optimizer)
         self.save_hyperparameters()
@@ -99,6 +101,10 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         self.g0_fold_batches = int(g0_fold_batches)
         self.g0_fold_ridge = float(g0_fold_ridge)
         self.g0_motion: MotionColumns | None = None  # set when G starts from G0; folded at fit start
+        # G reads its motion codes times this gain (ours, standardise_codes); the export folds it
+        # into G's style layers. A checkpoint keeps it, so a resumed run renders the same.
+        self.standardise_codes = bool(standardise_codes)
+        self.register_buffer("code_gain", torch.ones(MOTION_DIM))
 
     def init_slot_from_file(self, slot: str, directory: Path) -> bool:
         # The generator starts from stage 1's G0 when no stage-3 generator exists yet.
@@ -121,7 +127,8 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
     @torch.no_grad()
     def fold_g0_motion(self, max_batches: int) -> None:
         """Fit the ridge map from the codes to the centre frame's f_mot over up to ``max_batches``
-        training batches (summed over DDP ranks) and fold G0's f_mot columns through it into G."""
+        training batches (summed over DDP ranks) and fold G0's f_mot columns through it into G
+        (with ``standardise_codes``, first set the code gain from the same codes)."""
         loader = self.trainer.datamodule.train_dataloader() if self.trainer.datamodule else self.trainer.train_dataloader
         was_training = self.training
         self.eval()
@@ -140,8 +147,13 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
             log.warning("stage 3: %d training windows, too few to map the codes onto G0's f_mot; "
                         "G's motion columns start at zero", int(rows))
             return
-        code_map, shift = ridge_code_map(torch.cat(codes), torch.cat(unified), self.g0_fold_ridge,
-                                         lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
+        def reduce_sum(t: torch.Tensor) -> torch.Tensor:
+            return self.trainer.strategy.reduce(t, reduce_op="sum")
+
+        codes = torch.cat(codes)
+        if self.standardise_codes:
+            self.code_gain.copy_(code_gain(codes, reduce_sum))
+        code_map, shift = ridge_code_map(codes * self.code_gain, torch.cat(unified), self.g0_fold_ridge, reduce_sum)
         fold_codes_into_generator(self.generator, self.g0_motion, code_map, shift)
         self.generator_ema.module.load_state_dict(self.generator.state_dict())
         log.info("stage 3: G starts as G0, its codes mapped onto f_mot by ridge over %d windows", int(rows))
@@ -180,7 +192,14 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         with torch.no_grad():
             id_vec, id_map = self.appearance(source)
         style = compose_style(id_vec, codes["mouth"], codes["emotion"], codes["eye"], codes["pose"])
+        style = torch.cat([style[:, :ID_DIM], style[:, ID_DIM:] * self.code_gain], 1)
         return generator(style, id_map)
+
+    def network_slots(self) -> dict[str, torch.nn.Module]:
+        slots = super().network_slots()
+        if not torch.all(self.code_gain == 1):
+            slots["generator"] = fold_code_gain(slots["generator"], self.code_gain)  # raw codes in, as the release
+        return slots
 
     def emotion_class_loss(self, emotion: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Cross-entropy of the emotion classifier on f_exp ``(B, 30)`` against clip labels ``(B,)``

@@ -16,6 +16,7 @@ codes' best linear guess of f_mot (SynthTalk: R² 0.90 of f_mot, L1 0.170 agains
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Mapping
 
 import torch
@@ -57,6 +58,17 @@ def generator_from_g0(generator: torch.nn.Module, g0_state: Mapping[str, torch.T
     return motion
 
 
+def _moments(x: torch.Tensor, reduce_sum: Callable[[torch.Tensor], torch.Tensor]
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row count, column mean and sample std of ``x`` (N, D) over all ranks' rows (float64)."""
+    stats = reduce_sum(torch.cat([torch.tensor([float(len(x))], dtype=x.dtype, device=x.device),
+                                  x.sum(0), (x * x).sum(0)]))
+    n, d = stats[0], x.shape[1]
+    mean = stats[1:1 + d] / n
+    var = (stats[1 + d:] / n - mean ** 2).clamp(min=0) * n / (n - 1).clamp(min=1)
+    return n, mean, var.sqrt()
+
+
 def ridge_code_map(x: torch.Tensor, y: torch.Tensor, ridge: float,
                    reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,16 +80,13 @@ def ridge_code_map(x: torch.Tensor, y: torch.Tensor, ridge: float,
     :returns: ``M`` (Dx, Dy) and ``c`` (Dy,), float64.
     """
     x, y = x.double(), y.double()
-    stats = reduce_sum(torch.cat([torch.tensor([float(len(x))], dtype=x.dtype, device=x.device),
-                                  x.sum(0), y.sum(0), (x * x).sum(0)]))
-    gram = reduce_sum(x.T @ x)
-    cross = reduce_sum(x.T @ y)
-    n, dx = stats[0], x.shape[1]
-    mean_x, mean_y = stats[1:1 + dx] / n, stats[1 + dx:1 + dx + y.shape[1]] / n
-    std = ((stats[-dx:] / n - mean_x ** 2).clamp(min=0) * n / (n - 1).clamp(min=1)).sqrt() + 1e-5
+    n, mean_x, std = _moments(x, reduce_sum)
+    _, mean_y, _ = _moments(y, reduce_sum)
+    std = std + 1e-5
     # Centred, standardised normal equations, from the sums alone.
-    cov_xx = (gram / n - torch.outer(mean_x, mean_x)) / torch.outer(std, std)
-    cov_xy = (cross / n - torch.outer(mean_x, mean_y)) / std[:, None]
+    cov_xx = (reduce_sum(x.T @ x) / n - torch.outer(mean_x, mean_x)) / torch.outer(std, std)
+    cov_xy = (reduce_sum(x.T @ y) / n - torch.outer(mean_x, mean_y)) / std[:, None]
+    dx = x.shape[1]
     standardised = torch.linalg.solve(cov_xx + ridge * torch.eye(dx, dtype=x.dtype, device=x.device), cov_xy)
     code_map = standardised / std[:, None]
     return code_map, mean_y - mean_x @ code_map
@@ -97,3 +106,26 @@ def fold_codes_into_generator(generator: torch.nn.Module, motion: MotionColumns,
         columns, bias = columns.to(code_map.device), bias.to(code_map.device)
         layer.weight[:, ID_DIM:] = (columns @ code_map.T / layer.scale).to(layer.weight.dtype)
         layer.bias.copy_(((bias + columns @ shift) / layer.lr_mul).to(layer.bias.dtype))
+
+
+def code_gain(x: torch.Tensor, reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+              floor: float = 1e-2) -> torch.Tensor:
+    """Per-dim gain ``1 / std`` of the codes ``x`` (N, D) over all ranks' rows, ``std`` floored at
+    ``floor`` (a dead dim is not blown up); float32 (D,).
+
+    EqualLinear assumes unit-scale inputs: pose and emotion codes (std ~0.05) reach G's style
+    layers 100x weaker than the lip code (~8), and Adam's steps move their response as little.
+    """
+    _, _, std = _moments(x.double(), reduce_sum)
+    return (1 / std.clamp(min=floor)).float()
+
+
+@torch.no_grad()
+def fold_code_gain(generator: torch.nn.Module, gain: torch.Tensor) -> torch.nn.Module:
+    """A copy of ``generator`` that reads raw codes as ``generator`` reads ``codes * gain``
+    (``gain`` (542,), one per motion style input): the gain goes into every style-input layer's
+    motion columns, so the export keeps the official keys, shapes and inputs."""
+    folded = copy.deepcopy(generator)
+    for layer in _style_inputs(folded).values():
+        layer.weight[:, ID_DIM:] *= gain.to(layer.weight)
+    return folded
