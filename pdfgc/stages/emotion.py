@@ -37,9 +37,9 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
+from pdfgc.checkpoints import read_state_dict
 from pdfgc.losses import LinearLeakage, MemoryBank, decorrelation_loss, mouth_region_l1
 from pdfgc.networks.codes import ID_DIM, MOTION_DIM, compose_style
-from pdfgc.checkpoints import read_state_dict
 from pdfgc.stages.base import EXPORT_FILES, StageModule, freeze, params_frozen
 from pdfgc.stages.ema import make_ema
 from pdfgc.stages.emotion_labels import emotion_classifier, labelled_cross_entropy
@@ -141,15 +141,15 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
             codes.append(torch.cat([window["mouth"], window["emotion"], window["eye"], window["pose"]], 1))
             unified.append(self.motion.unified(frames[:, frames.shape[1] // 2]))
         self.train(was_training)
-        rows = self.trainer.strategy.reduce(torch.tensor(float(sum(len(c) for c in codes)), device=self.device),
-                                            reduce_op="sum")
+
+        def reduce_sum(t: torch.Tensor) -> torch.Tensor:
+            return self.trainer.strategy.reduce(t, reduce_op="sum")
+
+        rows = reduce_sum(torch.tensor(float(sum(len(c) for c in codes)), device=self.device))
         if rows < 2:
             log.warning("stage 3: %d training windows, too few to map the codes onto G0's f_mot; "
                         "G's motion columns start at zero", int(rows))
             return
-        def reduce_sum(t: torch.Tensor) -> torch.Tensor:
-            return self.trainer.strategy.reduce(t, reduce_op="sum")
-
         codes = torch.cat(codes)
         if self.standardise_codes:
             self.code_gain.copy_(code_gain(codes, reduce_sum))
