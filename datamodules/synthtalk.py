@@ -24,6 +24,7 @@ from pdfgc.synthtalk.world import ClipPool, WorldConfig, load_or_render_pool
 log = logging.getLogger(__name__)
 
 MODES = ("reconstruction", "fine_motion", "emotion", "landmarks")
+SOURCE_FROM = ("clip", "speaker")
 
 
 def to_image(u8: np.ndarray) -> torch.Tensor:
@@ -72,13 +73,19 @@ class SynthTalkDataset(Dataset):
     :param eye_blink_prob: probability that an eye triplet is built around a blink (lid closed
         > 50 % in the positive or the negative), and that a ``landmarks`` sample is a blink frame
         of its clip; blinks cover only ~3 % of frames otherwise
+    :param source_from: where the ``source`` frame (``reconstruction``, ``emotion``) comes from:
+        ``clip``, another frame of the driver's clip (the release), or ``speaker``, a frame of
+        another clip of the same speaker. SynthTalk draws emotion and the pose range per clip, so a
+        same-clip source already shows them and the generator need not read them from the codes.
     """
 
     def __init__(self, pool: ClipPool, mode: str, length: int, seed: int = 0, num_lip_steps: int = 5,
                  emotion_window: int = 5, eye_gap: tuple[int, int] = (2, 10), lip_min_gap: int = 3,
-                 eye_blink_prob: float = 0.3) -> None:
+                 eye_blink_prob: float = 0.3, source_from: str = "clip") -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
+        if source_from not in SOURCE_FROM:
+            raise ValueError(f"unknown source_from {source_from!r}; one of {SOURCE_FROM}")
         lip_min_gap = max(int(lip_min_gap), 1)
         need = max((num_lip_steps - 1) * lip_min_gap + 1, emotion_window, eye_gap[1] + 1)
         if pool.num_frames < need:
@@ -86,9 +93,21 @@ class SynthTalkDataset(Dataset):
         self.pool, self.mode, self.length, self.seed = pool, mode, int(length), int(seed)
         self.num_lip_steps, self.emotion_window, self.eye_gap = num_lip_steps, emotion_window, tuple(eye_gap)
         self.lip_min_gap, self.eye_blink_prob = lip_min_gap, float(eye_blink_prob)
+        self.source_from = source_from
+        speakers = np.asarray(pool.speakers)
+        self.clips_of_speaker = {int(s): np.nonzero(speakers == s)[0] for s in np.unique(speakers)}
 
     def __len__(self) -> int:
         return self.length
+
+    def source_clip(self, rng: np.random.Generator, c: int) -> int:
+        """The clip the source frame comes from: ``c`` itself, or (``source_from=speaker``) another
+        clip of ``c``'s speaker (``c`` when the speaker has one clip)."""
+        if self.source_from == "clip":
+            return c
+        others = self.clips_of_speaker[int(self.pool.speakers[c])]
+        others = others[others != c]
+        return int(others[rng.integers(len(others))]) if len(others) else c
 
     def ground_truth(self, c: int, t) -> dict[str, torch.Tensor]:
         p = self.pool
@@ -115,7 +134,7 @@ class SynthTalkDataset(Dataset):
             sample.update(self.ground_truth(c, t))
         elif self.mode == "reconstruction":
             src, drv = rng.choice(F, 2, replace=False)
-            sample.update(source=to_image(p.images[c, src]), driver=to_image(p.images[c, drv]))
+            sample.update(source=to_image(p.images[self.source_clip(rng, c), src]), driver=to_image(p.images[c, drv]))
             sample.update(self.ground_truth(c, drv))
         elif self.mode == "fine_motion":
             ts = self.lip_steps(rng, F)
@@ -129,7 +148,8 @@ class SynthTalkDataset(Dataset):
             ts = np.arange(start, start + k)
             src = int(rng.integers(F))
             sample.update(frames=to_image(p.images[c, ts]), mels=torch.from_numpy(p.windows[c, ts]),
-                          source=to_image(p.images[c, src]), emotion=torch.tensor(int(p.emotion[c])))
+                          source=to_image(p.images[self.source_clip(rng, c), src]),
+                          emotion=torch.tensor(int(p.emotion[c])))
             sample.update(self.ground_truth(c, ts))
         return sample
 
@@ -183,7 +203,8 @@ class SynthTalkDataModule(pl.LightningDataModule):
                  clip_seconds: float = 1.0, batch_size: int = 16, num_workers: int = 0,
                  samples_per_epoch: int = 100_000, val_samples: int = 64, num_lip_steps: int = 5,
                  emotion_window: int = 5, cache_dir: str | None = None, render_workers: int = 2,
-                 pin_memory: bool = False, lip_min_gap: int = 3, eye_blink_prob: float = 0.3) -> None:
+                 pin_memory: bool = False, lip_min_gap: int = 3, eye_blink_prob: float = 0.3,
+                 source_from: str = "clip") -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown data mode {mode!r}; one of {MODES}")
@@ -194,6 +215,7 @@ class SynthTalkDataModule(pl.LightningDataModule):
         self.num_lip_steps, self.emotion_window = num_lip_steps, emotion_window
         self.cache_dir, self.render_workers, self.pin_memory = cache_dir, render_workers, pin_memory
         self.lip_min_gap, self.eye_blink_prob = lip_min_gap, eye_blink_prob
+        self.source_from = source_from
         self.pools: dict[str, ClipPool] = {}
 
     def prepare_data(self) -> None:
@@ -216,7 +238,8 @@ class SynthTalkDataModule(pl.LightningDataModule):
     def dataset(self, split: str, length: int, seed_offset: int = 0) -> SynthTalkDataset:
         return SynthTalkDataset(self.pool(split), self.mode, length, self.world.seed * 1000 + seed_offset,
                                 self.num_lip_steps, self.emotion_window,
-                                lip_min_gap=self.lip_min_gap, eye_blink_prob=self.eye_blink_prob)
+                                lip_min_gap=self.lip_min_gap, eye_blink_prob=self.eye_blink_prob,
+                                source_from=self.source_from)
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(ds, batch_size=self.batch_size_per_device, shuffle=shuffle, num_workers=self.num_workers,

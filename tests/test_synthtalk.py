@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.synthtalk import SynthTalkDataModule, SynthTalkDataset, paste_eyes
+from datamodules.synthtalk import SynthTalkDataModule, SynthTalkDataset, paste_eyes, to_image
 from pdfgc.synthtalk import render as rd
 from pdfgc.synthtalk.clips import draw_factors, render_clip
 from pdfgc.synthtalk.speech import energy_envelope
@@ -334,6 +334,32 @@ def test_eye_triplets_from_the_datamodule(small_module):
         if len(rows):  # the strip is a horizontal band around the eyes, not the whole face
             assert rows.max() - rows.min() < SIZE // 3
         assert s["eye_open"].shape == (2,) and s["frames"].shape[0] == 5
+
+
+def test_source_from_speaker_takes_the_source_from_another_clip_of_the_same_speaker(tmp_path):
+    """source_from=speaker: the source frame is a frame of another clip of the driver's speaker;
+    clip (the default): a frame of the driver's own clip. Anything else is refused."""
+    dm = SynthTalkDataModule(num_speakers=2, heldout_speakers=1, clips_per_speaker=2, clip_seconds=1.0,
+                             cache_dir=str(tmp_path), render_workers=1)
+    pool = dm.pool("train")
+    frames = torch.stack([to_image(pool.images[c]) for c in range(len(pool))])  # (C, F, 3, S, S)
+    index = {pool.name(c): c for c in range(len(pool))}
+
+    def source_clip(sample) -> int:
+        hits = (frames == sample["source"]).flatten(2).all(-1).nonzero()
+        assert len(hits), "the source is a frame of the pool"
+        return int(hits[0, 0])
+
+    for mode in ("reconstruction", "emotion"):
+        for source_from in ("speaker", "clip"):
+            ds = SynthTalkDataset(pool, mode, 12, source_from=source_from)
+            for i in range(12):
+                sample = ds[i]
+                c, src = index[sample["clip"]], source_clip(sample)
+                assert pool.speakers[src] == pool.speakers[c] == int(sample["speaker"])
+                assert (src != c) if source_from == "speaker" else (src == c), (mode, source_from, i)
+    with pytest.raises(ValueError, match="source_from"):
+        SynthTalkDataset(pool, "reconstruction", 4, source_from="video")
 
 
 def test_lip_steps_keep_their_minimum_gap(small_module):
