@@ -94,8 +94,6 @@ class SynthTalkDataset(Dataset):
         self.num_lip_steps, self.emotion_window, self.eye_gap = num_lip_steps, emotion_window, tuple(eye_gap)
         self.lip_min_gap, self.eye_blink_prob = lip_min_gap, float(eye_blink_prob)
         self.source_from = source_from
-        speakers = np.asarray(pool.speakers)
-        self.clips_of_speaker = {int(s): np.nonzero(speakers == s)[0] for s in np.unique(speakers)}
 
     def __len__(self) -> int:
         return self.length
@@ -105,7 +103,8 @@ class SynthTalkDataset(Dataset):
         clip of ``c``'s speaker (``c`` when the speaker has one clip)."""
         if self.source_from == "clip":
             return c
-        others = self.clips_of_speaker[int(self.pool.speakers[c])]
+        speakers = np.asarray(self.pool.speakers)
+        others = np.nonzero(speakers == speakers[c])[0]
         others = others[others != c]
         return int(others[rng.integers(len(others))]) if len(others) else c
 
