@@ -604,8 +604,7 @@ def test_g0_folded_into_g_renders_as_g0_from_the_mapped_codes():
     """G from G0 + the fold of an exact affine map codes -> f_mot gives G0's image for G0's input."""
     from pdfgc.networks import Generator
     from pdfgc.networks.codes import MOTION_DIM
-    from pdfgc.stages.generator_init import fold_codes_into_generator, generator_from_g0
-    from pdfgc.stages.ridge import affine_ridge
+    from pdfgc.stages.generator_init import fold_codes_into_generator, generator_from_g0, ridge_code_map
 
     torch.manual_seed(0)
     small = dict(size=16, init_size=4, channels={4: 32, 8: 32, 16: 16}, mapping_layers=0)
@@ -620,7 +619,7 @@ def test_g0_folded_into_g_renders_as_g0_from_the_mapped_codes():
         # f_mot an exact affine function of the codes: the ridge fit recovers it, the fold makes G = G0.
         truth, offset = torch.randn(MOTION_DIM, 512) * 0.01, torch.randn(512) * 0.1
         fit_codes = torch.randn(2000, MOTION_DIM) * torch.rand(MOTION_DIM) * 5
-        code_map, shift = affine_ridge(fit_codes, fit_codes @ truth + offset, ridge=1e-8)
+        code_map, shift = ridge_code_map(fit_codes, fit_codes @ truth + offset, ridge=1e-8)
         assert torch.allclose(code_map.float(), truth, atol=1e-4) and torch.allclose(shift.float(), offset, atol=1e-4)
         fold_codes_into_generator(g, motion, code_map, shift)
         assert torch.allclose(g(torch.cat([id_vec, codes], 1), id_map),

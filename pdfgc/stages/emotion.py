@@ -44,9 +44,8 @@ from pdfgc.stages.base import EXPORT_FILES, StageModule, freeze, params_frozen
 from pdfgc.stages.ema import make_ema
 from pdfgc.stages.emotion_labels import emotion_classifier, labelled_cross_entropy
 from pdfgc.stages.gan import GanStepMixin
-from pdfgc.stages.generator_init import (MotionColumns, code_gain, fold_code_gain, fold_codes_into_generator,
-                                        generator_from_g0)
-from pdfgc.stages.ridge import affine_ridge
+from pdfgc.stages.generator_init import (MotionColumns, code_gain, fold_code_gain, fold_codes_into_generator, generator_from_g0,
+                                        ridge_code_map)
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +153,7 @@ class EmotionGeneratorStage(GanStepMixin, StageModule):
         codes = torch.cat(codes)
         if self.standardise_codes:
             self.code_gain.copy_(code_gain(codes, reduce_sum))
-        code_map, shift = affine_ridge(codes * self.code_gain, torch.cat(unified), self.g0_fold_ridge, reduce_sum)
+        code_map, shift = ridge_code_map(codes * self.code_gain, torch.cat(unified), self.g0_fold_ridge, reduce_sum)
         fold_codes_into_generator(self.generator, self.g0_motion, code_map, shift)
         self.generator_ema.module.load_state_dict(self.generator.state_dict())
         log.info("stage 3: G starts as G0, its codes mapped onto f_mot by ridge over %d windows", int(rows))

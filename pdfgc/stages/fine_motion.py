@@ -39,7 +39,6 @@ from pdfgc.losses import audio_visual_infonce, eye_triplet_loss
 from pdfgc.losses import LinearLeakage, MemoryBank
 from pdfgc.networks.codes import BLINK_DIMS, GAZE_DIMS
 from pdfgc.stages.base import StageModule, freeze, positive_scale
-from pdfgc.stages.ridge import affine_ridge
 
 log = logging.getLogger(__name__)
 
@@ -259,21 +258,23 @@ class FineMotionStage(StageModule):
 
         A frame shows more than the audio can know (on SynthTalk the expression's jaw drop); the
         part of the visual lip code that predicts the audio code is the part that is speech. On
-        the banked (visual ``x``, audio ``a``) pairs: the ridge map ``B`` from ``x`` to ``a``
-        (:func:`~pdfgc.stages.ridge.affine_ridge`, ``lip_fold_ridge``), reduced to the top-``rank``
-        principal directions ``V`` of its fitted values (reduced-rank regression),
-        ``x' = m_a + (x - m_x) B V Vᵀ``. Affine,
+        the banked (visual ``x``, audio ``a``) pairs: the ridge map ``B`` from standardised ``x̂``
+        to centred ``a`` (``lip_fold_ridge``), reduced to the top-``rank`` principal directions
+        ``V`` of its fitted values (reduced-rank regression), ``x' = m_a + x̂ B V Vᵀ``. Affine,
         so folded into the lip head's last Linear like the PCA fold: official keys and shapes.
         """
         visual = self.lip_fold_banks["visual"].get().double()
         audio = self.lip_fold_banks["audio"].get().double()
         if not self.enough_codes_to_fold(len(visual), rank):
             return
-        ridge_map, _ = affine_ridge(visual, audio, self.lip_fold_ridge)  # (D, Da)
-        visual_mean, audio_mean = visual.mean(0), audio.mean(0)
-        directions = torch.linalg.svd((visual - visual_mean) @ ridge_map, full_matrices=False)[2][:rank]  # (rank, Da)
-        fold = (ridge_map @ directions.T @ directions).T  # (Da, D)
-        self.fold_affine_into_lip_head(fold, audio_mean - fold @ visual_mean)
+        mean, std = visual.mean(0), visual.std(0) + 1e-5
+        z = (visual - mean) / std
+        audio_mean = audio.mean(0)
+        gram = z.T @ z / len(z) + self.lip_fold_ridge * torch.eye(z.shape[1], dtype=z.dtype)
+        ridge_map = torch.linalg.solve(gram, z.T @ (audio - audio_mean) / len(z))  # (D, Da)
+        directions = torch.linalg.svd(z @ ridge_map, full_matrices=False)[2][:rank]  # (rank, Da)
+        fold = (ridge_map @ directions.T @ directions).T / std[None, :]  # (Da, D)
+        self.fold_affine_into_lip_head(fold, audio_mean - fold @ mean)
 
     @torch.no_grad()
     def fold_lip_projection(self, rank: int) -> None:

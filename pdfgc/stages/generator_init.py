@@ -22,7 +22,6 @@ from typing import Callable, Mapping
 import torch
 
 from pdfgc.networks.codes import ID_DIM, UNIFIED_MOTION_DIM
-from pdfgc.stages.ridge import moments
 
 #: per style-input layer: G0's effective f_mot columns (C, 512) and effective bias (C,), float64
 MotionColumns = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -59,6 +58,40 @@ def generator_from_g0(generator: torch.nn.Module, g0_state: Mapping[str, torch.T
     return motion
 
 
+def _moments(x: torch.Tensor, reduce_sum: Callable[[torch.Tensor], torch.Tensor]
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row count, column mean and sample std of ``x`` (N, D) over all ranks' rows (float64)."""
+    stats = reduce_sum(torch.cat([torch.tensor([float(len(x))], dtype=x.dtype, device=x.device),
+                                  x.sum(0), (x * x).sum(0)]))
+    n, d = stats[0], x.shape[1]
+    mean = stats[1:1 + d] / n
+    var = (stats[1 + d:] / n - mean ** 2).clamp(min=0) * n / (n - 1).clamp(min=1)
+    return n, mean, var.sqrt()
+
+
+def ridge_code_map(x: torch.Tensor, y: torch.Tensor, ridge: float,
+                   reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Affine ridge regression ``y ≈ x @ M + c`` on standardised columns of ``x``.
+
+    :param x: (N, Dx) codes; :param y: (N, Dy) targets (this rank's rows).
+    :param reduce_sum: sums a tensor over DDP ranks (identity on one process), so that every
+        rank fits the same map from all ranks' rows.
+    :returns: ``M`` (Dx, Dy) and ``c`` (Dy,), float64.
+    """
+    x, y = x.double(), y.double()
+    n, mean_x, std = _moments(x, reduce_sum)
+    _, mean_y, _ = _moments(y, reduce_sum)
+    std = std + 1e-5
+    # Centred, standardised normal equations, from the sums alone.
+    cov_xx = (reduce_sum(x.T @ x) / n - torch.outer(mean_x, mean_x)) / torch.outer(std, std)
+    cov_xy = (reduce_sum(x.T @ y) / n - torch.outer(mean_x, mean_y)) / std[:, None]
+    dx = x.shape[1]
+    standardised = torch.linalg.solve(cov_xx + ridge * torch.eye(dx, dtype=x.dtype, device=x.device), cov_xy)
+    code_map = standardised / std[:, None]
+    return code_map, mean_y - mean_x @ code_map
+
+
 @torch.no_grad()
 def fold_codes_into_generator(generator: torch.nn.Module, motion: MotionColumns,
                               code_map: torch.Tensor, shift: torch.Tensor) -> None:
@@ -83,7 +116,7 @@ def code_gain(x: torch.Tensor, reduce_sum: Callable[[torch.Tensor], torch.Tensor
     EqualLinear assumes unit-scale inputs: pose and emotion codes (std ~0.05) reach G's style
     layers 100x weaker than the lip code (~8), and Adam's steps move their response as little.
     """
-    _, _, std = moments(x.double(), reduce_sum)
+    _, _, std = _moments(x.double(), reduce_sum)
     return (1 / std.clamp(min=floor)).float()
 
 
